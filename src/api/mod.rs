@@ -1,0 +1,208 @@
+//! The HTTP API served on the socket port: publish, health, metrics.
+//!
+//! | method | path | what |
+//! | --- | --- | --- |
+//! | POST | `/api/broadcast` | publish one message or a batch |
+//! | GET | `/healthz` | liveness |
+//! | GET | `/metrics` | Prometheus counters per shard |
+//!
+//! Parsing keeps each payload as the raw JSON text the publisher sent
+//! (`serde_json::value::RawValue`): it is validated once here and then copied
+//! straight into the encoded frames, never re-serialized.
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::fanout::broadcast::{Broadcast, PublishError};
+use crate::protocol::message::Payload;
+
+/// The endpoints the API serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /api/broadcast`.
+    Broadcast,
+    /// `GET /healthz`.
+    Health,
+    /// `GET /metrics`.
+    Metrics,
+}
+
+/// How to answer a request no endpoint takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiReply {
+    /// The path exists with other methods.
+    MethodNotAllowed {
+        /// Value of the `Allow` header.
+        allow: &'static str,
+    },
+    /// No such path.
+    NotFound,
+}
+
+/// Maps a method and path to an endpoint.
+pub fn route(method: &str, path: &str) -> Option<Endpoint> {
+    match (method, path) {
+        ("POST", "/api/broadcast") => Some(Endpoint::Broadcast),
+        ("GET", "/healthz") => Some(Endpoint::Health),
+        ("GET", "/metrics") => Some(Endpoint::Metrics),
+        _ => None,
+    }
+}
+
+/// Why a request that [`route`] refused was refused.
+pub fn reply_for_unknown(_method: &str, path: &str) -> ApiReply {
+    match path {
+        "/api/broadcast" => ApiReply::MethodNotAllowed { allow: "POST" },
+        "/healthz" | "/metrics" => ApiReply::MethodNotAllowed { allow: "GET" },
+        _ => ApiReply::NotFound,
+    }
+}
+
+/// Why a publish request body was refused (answered with 400).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Not JSON, or not the expected shape.
+    #[error("invalid request body: {0}")]
+    Body(String),
+    /// Too many messages in one batch.
+    #[error("a batch holds at most {max} messages, got {got}")]
+    BatchTooLarge {
+        /// The configured maximum.
+        max: usize,
+        /// Messages in the request.
+        got: usize,
+    },
+    /// A message was unusable.
+    #[error("message {index}: {problem}")]
+    Message {
+        /// Position in the batch (0 for a single message).
+        index: usize,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// One message as the API receives it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageBody<'a> {
+    topic: String,
+    event: String,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    payload_base64: Option<String>,
+}
+
+/// A request body: either one message, or `{"messages":[...]}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestBody<'a> {
+    #[serde(borrow, default)]
+    messages: Option<Vec<MessageBody<'a>>>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(default)]
+    payload_base64: Option<String>,
+}
+
+/// Parses and validates a publish request. Either every message is valid and
+/// returned, or none is published.
+pub fn parse_broadcasts(body: &[u8], max_batch: usize) -> Result<Vec<Broadcast>, ApiError> {
+    let request: RequestBody<'_> =
+        serde_json::from_slice(body).map_err(|e| ApiError::Body(e.to_string()))?;
+    let messages = match request.messages {
+        Some(messages) => {
+            if request.topic.is_some() || request.event.is_some() || request.payload.is_some() {
+                return Err(ApiError::Body(
+                    "send either one message or {\"messages\":[...]}, not both".to_string(),
+                ));
+            }
+            if messages.len() > max_batch {
+                return Err(ApiError::BatchTooLarge {
+                    max: max_batch,
+                    got: messages.len(),
+                });
+            }
+            messages
+        }
+        None => {
+            let (Some(topic), Some(event)) = (request.topic, request.event) else {
+                return Err(ApiError::Body(
+                    "missing field `topic` or `event`".to_string(),
+                ));
+            };
+            vec![MessageBody {
+                topic,
+                event,
+                payload: request.payload,
+                payload_base64: request.payload_base64,
+            }]
+        }
+    };
+    messages
+        .into_iter()
+        .enumerate()
+        .map(|(index, message)| {
+            to_broadcast(message).map_err(|problem| ApiError::Message { index, problem })
+        })
+        .collect()
+}
+
+fn to_broadcast(message: MessageBody<'_>) -> Result<Broadcast, String> {
+    let payload = match (message.payload, message.payload_base64) {
+        (Some(json), None) => Payload::Json(json.get().as_bytes().to_vec()),
+        (None, Some(encoded)) => Payload::Binary(
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .map_err(|e| format!("payload_base64 is not valid base64: {e}"))?,
+        ),
+        (Some(_), Some(_)) => {
+            return Err("give `payload` or `payload_base64`, not both".to_string())
+        }
+        (None, None) => {
+            return Err("missing `payload` (a JSON object) or `payload_base64`".to_string())
+        }
+    };
+    Broadcast::new(message.topic, message.event, payload, None)
+        .map_err(|e: PublishError| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_and_batch() {
+        let one =
+            parse_broadcasts(br#"{"topic":"room:1","event":"e","payload":{"a":1}}"#, 10).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].payload(), &Payload::Json(br#"{"a":1}"#.to_vec()));
+        let batch = parse_broadcasts(
+            br#"{"messages":[{"topic":"a","event":"e","payload":{}},{"topic":"b","event":"e","payload_base64":"AQI="}]}"#,
+            10,
+        )
+        .unwrap();
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch[1].payload(), &Payload::Binary(vec![1, 2]));
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let err = |body: &[u8]| parse_broadcasts(body, 2).unwrap_err().to_string();
+        assert!(err(b"nope").contains("invalid request body"));
+        assert!(err(br#"{"topic":"a","event":"e","payload":[1]}"#).contains("JSON object"));
+        assert!(err(br#"{"topic":"a","event":"e"}"#).contains("missing `payload`"));
+        assert!(err(br#"{"topic":"","event":"e","payload":{}}"#).contains("topic"));
+        assert!(err(br#"{"topic":"a","event":"e","payload":{},"extra":1}"#).contains("extra"));
+        let three = br#"{"messages":[{"topic":"a","event":"e","payload":{}},{"topic":"a","event":"e","payload":{}},{"topic":"a","event":"e","payload":{}}]}"#;
+        assert!(err(three).contains("at most 2"));
+        assert!(err(br#"{"messages":[{"topic":"a","event":"e","payload":{}},{"topic":"a","event":"e","payload":3}]}"#)
+            .contains("message 1"));
+    }
+}

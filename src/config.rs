@@ -1,0 +1,384 @@
+//! Server configuration: the TOML file format, its defaults and its validation.
+//!
+//! Every setting has a default, so `cinder serve` with no file runs a useful
+//! server: loopback only, one shard per core, and one route (`"*"`) that lets
+//! anyone join any topic and relays client events as broadcasts.
+//!
+//! Validation happens once, at load time, and names the offending key
+//! (`socket.path`, `channel[2].pattern`, ...) so a typo never reaches the
+//! event loops.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::routes::{ClientEventPolicy, JoinPolicy, Pattern, Route, Routes};
+
+/// A configuration problem, naming the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path that was given.
+        path: String,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key has the wrong type or is unknown.
+    #[error("invalid config file {path}: {message}")]
+    Syntax {
+        /// The path that was given.
+        path: String,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A key has a value of the right type that is still unusable.
+    #[error("invalid config: `{key}` {problem}")]
+    Invalid {
+        /// The dotted key path, e.g. `socket.path` or `channel[1].pattern`.
+        key: String,
+        /// What is wrong with the value.
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The whole configuration, as loaded and validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listening address, shard count and process-level settings.
+    pub server: ServerConfig,
+    /// Per-connection limits and timeouts of the socket endpoint.
+    pub socket: SocketConfig,
+    /// Limits of the HTTP publish API.
+    pub api: ApiConfig,
+    /// Channel routes, first match wins.
+    pub routes: Routes,
+}
+
+/// `[server]`: where to listen and how many event loops to run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address every shard listens on (`SO_REUSEPORT`).
+    pub bind: SocketAddr,
+    /// Number of shard threads; `None` means one per core.
+    pub shards: Option<usize>,
+    /// Connections one shard holds at most; further accepts are refused so a
+    /// reconnect storm cannot exhaust memory or file descriptors.
+    pub max_connections_per_shard: usize,
+    /// How long shutdown waits for queued frames to reach clients.
+    pub shutdown_timeout_ms: u64,
+    /// How long a plain HTTP connection may sit idle (or dribble a request)
+    /// before it is closed. Shorter than the WebSocket timeout on purpose:
+    /// slow request headers are a cheap way to hold sockets.
+    pub http_idle_timeout_ms: u64,
+}
+
+/// `[socket]`: the Phoenix socket endpoint and per-connection limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketConfig {
+    /// Base path; the WebSocket endpoint is `{path}/websocket`.
+    pub path: String,
+    /// A WebSocket that receives nothing for this long is closed (1001).
+    pub idle_timeout_ms: u64,
+    /// Largest client message (after reassembling fragments); larger closes with 1009.
+    pub max_message_size: usize,
+    /// Channels one connection may have joined at once.
+    pub max_channels: usize,
+    /// Unsent bytes one connection may have queued before it is closed as a
+    /// slow consumer (1008). Bounds memory whatever clients do.
+    pub send_buffer_limit: usize,
+}
+
+/// `[api]`: the HTTP publish API on the same port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Largest accepted request body.
+    pub max_body_size: usize,
+    /// Most messages in one `{"messages":[...]}` batch.
+    pub max_batch: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 4000)),
+            shards: None,
+            max_connections_per_shard: 250_000,
+            shutdown_timeout_ms: 5_000,
+            http_idle_timeout_ms: 15_000,
+        }
+    }
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        SocketConfig {
+            path: "/socket".to_string(),
+            idle_timeout_ms: 60_000,
+            max_message_size: 1024 * 1024,
+            max_channels: 100,
+            send_buffer_limit: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_body_size: 8 * 1024 * 1024,
+            max_batch: 1000,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            socket: SocketConfig::default(),
+            api: ApiConfig::default(),
+            routes: Routes::open_default(),
+        }
+    }
+}
+
+/// The file as written, before routes are compiled.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ConfigFile {
+    server: ServerConfig,
+    socket: SocketConfig,
+    api: ApiConfig,
+    channel: Vec<RouteEntry>,
+}
+
+/// One `[[channel]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteEntry {
+    pattern: String,
+    join: JoinPolicy,
+    #[serde(default)]
+    client_events: ClientEventPolicy,
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates TOML text; `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let routes = if file.channel.is_empty() {
+            Routes::open_default()
+        } else {
+            let mut routes = Vec::with_capacity(file.channel.len());
+            for (i, entry) in file.channel.into_iter().enumerate() {
+                let pattern = Pattern::parse(&entry.pattern).map_err(|problem| {
+                    ConfigError::invalid(format!("channel[{i}].pattern"), problem)
+                })?;
+                routes.push(Route {
+                    pattern,
+                    join: entry.join,
+                    client_events: entry.client_events,
+                });
+            }
+            Routes::new(routes)
+        };
+        let config = Config {
+            server: file.server,
+            socket: file.socket,
+            api: file.api,
+            routes,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(shards) = self.server.shards {
+            if shards == 0 || shards > 1024 {
+                return Err(ConfigError::invalid(
+                    "server.shards",
+                    "must be between 1 and 1024",
+                ));
+            }
+        }
+        if self.server.max_connections_per_shard == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections_per_shard",
+                "must be at least 1",
+            ));
+        }
+        if self.server.http_idle_timeout_ms < 100 {
+            return Err(ConfigError::invalid(
+                "server.http_idle_timeout_ms",
+                "must be at least 100",
+            ));
+        }
+        let path = &self.socket.path;
+        if !path.starts_with('/')
+            || (path.len() > 1 && path.ends_with('/'))
+            || path.contains(['?', '#', ' '])
+        {
+            return Err(ConfigError::invalid(
+                "socket.path",
+                "must start with '/', not end with '/', and hold no '?', '#' or spaces",
+            ));
+        }
+        if path.starts_with("/api") || path == "/healthz" || path == "/metrics" {
+            return Err(ConfigError::invalid(
+                "socket.path",
+                "clashes with the HTTP API paths",
+            ));
+        }
+        if self.socket.idle_timeout_ms < 1_000 {
+            return Err(ConfigError::invalid(
+                "socket.idle_timeout_ms",
+                "must be at least 1000 (clients send heartbeats every 30 s)",
+            ));
+        }
+        if self.socket.max_message_size < 1024 {
+            return Err(ConfigError::invalid(
+                "socket.max_message_size",
+                "must be at least 1024",
+            ));
+        }
+        if self.socket.max_channels == 0 {
+            return Err(ConfigError::invalid(
+                "socket.max_channels",
+                "must be at least 1",
+            ));
+        }
+        if self.socket.send_buffer_limit < 4096 {
+            return Err(ConfigError::invalid(
+                "socket.send_buffer_limit",
+                "must be at least 4096",
+            ));
+        }
+        if self.api.max_batch == 0 {
+            return Err(ConfigError::invalid("api.max_batch", "must be at least 1"));
+        }
+        if self.api.max_body_size < 1024 {
+            return Err(ConfigError::invalid(
+                "api.max_body_size",
+                "must be at least 1024",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shard count in force: the configured one, or one per core.
+    pub fn shard_count(&self) -> usize {
+        self.server
+            .shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    /// `socket.idle_timeout_ms` as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.socket.idle_timeout_ms)
+    }
+
+    /// `server.http_idle_timeout_ms` as a duration.
+    pub fn http_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.http_idle_timeout_ms)
+    }
+
+    /// `server.shutdown_timeout_ms` as a duration.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.shutdown_timeout_ms)
+    }
+
+    /// The WebSocket endpoint path, `{socket.path}/websocket`.
+    pub fn websocket_path(&self) -> String {
+        if self.socket.path == "/" {
+            "/websocket".to_string()
+        } else {
+            format!("{}/websocket", self.socket.path)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let config = Config::parse("", "test").unwrap();
+        assert_eq!(config.server.bind.to_string(), "127.0.0.1:4000");
+        assert_eq!(config.socket.max_channels, 100);
+        assert_eq!(config.routes.len(), 1);
+        assert_eq!(config.websocket_path(), "/socket/websocket");
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = r#"
+            [server]
+            bind = "127.0.0.1:4000"
+            shards = 2
+
+            [[channel]]
+            pattern = "room:forbidden"
+            join = "deny"
+
+            [[channel]]
+            pattern = "room:*"
+            join = "public"
+            client_events = "broadcast"
+        "#;
+        let config = Config::parse(text, "test").unwrap();
+        assert_eq!(config.shard_count(), 2);
+        let (_, route) = config.routes.find("room:forbidden").unwrap();
+        assert_eq!(route.join, JoinPolicy::Deny);
+        let (_, route) = config.routes.find("room:lobby").unwrap();
+        assert_eq!(route.client_events, ClientEventPolicy::Broadcast);
+        assert!(config.routes.find("other").is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::parse("[server]\nshards = 0\n", "test").unwrap_err();
+        assert!(err.to_string().contains("server.shards"), "{err}");
+        let err = Config::parse("[socket]\npath = \"socket\"\n", "test").unwrap_err();
+        assert!(err.to_string().contains("socket.path"), "{err}");
+        let err = Config::parse(
+            "[[channel]]\npattern = \"a*b\"\njoin = \"public\"\n",
+            "test",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("channel[0].pattern"), "{err}");
+        let err = Config::parse("[server]\nbnd = 1\n", "test").unwrap_err();
+        assert!(err.to_string().contains("bnd"), "{err}");
+        let err =
+            Config::parse("[[channel]]\npattern = \"x\"\njoin = \"maybe\"\n", "test").unwrap_err();
+        assert!(err.to_string().contains("maybe"), "{err}");
+    }
+}

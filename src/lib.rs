@@ -1,0 +1,35 @@
+//! Cinder: a sharded, thread-per-core push server that speaks the Phoenix
+//! Channels protocol.
+//!
+//! # A map of the crate
+//!
+//! | module | what lives there |
+//! | --- | --- |
+//! | [`server`] | binds the listeners, starts one thread per shard, stops them |
+//! | [`shard`] | the event loop: a `mio::Poll`, a slab of connections, the flush |
+//! | [`transport`] | HTTP parsing, the WebSocket handshake and frame codec, query strings |
+//! | [`protocol`] | Phoenix messages (V1/V2 JSON, V2 binary) and the sans-IO channel state machine |
+//! | [`fanout`] | broadcasts encoded once per wire format, and each shard's topic table |
+//! | [`api`] | the HTTP publish API, health and metrics endpoints |
+//! | [`routes`] | `[[channel]]` routes: topic patterns and their policies |
+//! | [`connect`] | who may connect (the stand-in for Phoenix's `connect/3`) |
+//! | [`config`] | the TOML configuration, defaults and validation |
+//! | [`metrics`] | per-shard counters |
+//!
+//! The path of a broadcast, from `POST /api/broadcast` or a client push to
+//! every subscriber's socket on every shard, is drawn in
+//! `docs/architecture.md`.
+
+pub mod api;
+pub mod config;
+pub mod connect;
+pub mod fanout;
+pub mod metrics;
+pub mod protocol;
+pub mod routes;
+pub mod server;
+pub mod shard;
+pub mod transport;
+
+pub use config::Config;
+pub use server::{start, ServerHandle, StartError};

@@ -1,0 +1,165 @@
+//! The `cinder` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use cinder::Config;
+
+/// Exit code for configuration and usage errors (clap uses 2 as well).
+const EXIT_CONFIG: u8 = 2;
+/// Exit code when the server cannot start or fails while running.
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cinder",
+    version,
+    about = "A sharded push server that speaks the Phoenix Channels protocol",
+    long_about = "A sharded push server that speaks the Phoenix Channels protocol.\n\n\
+                  Unmodified Phoenix clients (the `phoenix` npm package and others) connect to \
+                  ws://HOST:PORT/socket/websocket; your application publishes with \
+                  POST /api/broadcast."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (overrides `server.bind`). Default 127.0.0.1:4000.
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<std::net::SocketAddr>,
+
+    /// Number of shards, i.e. event-loop threads (overrides `server.shards`).
+    /// Default: one per core.
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+
+    /// TOML configuration file. Optional: every setting has a default, and
+    /// without a file every topic is public and client events are broadcast.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a
+    /// tracing filter such as `cinder=debug`). `RUST_LOG` is used when unset.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+
+    /// Log format: human-readable lines or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    init_logging(args.log_level.as_deref(), args.log_format);
+    let mut config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("cinder: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(bind) = args.bind {
+        config.server.bind = bind;
+    }
+    if let Some(shards) = args.shards {
+        config.server.shards = Some(shards);
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("cinder: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+
+    // Install the handlers before the shards start so an early signal still
+    // triggers a graceful stop.
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cinder: cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let server = match cinder::start(config) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("cinder: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let signal_handle = signals.handle();
+    let stopper = server.stop_signal();
+    let watcher = std::thread::spawn(move || {
+        let mut received = 0;
+        for signal in signals.forever() {
+            received += 1;
+            if received == 1 {
+                tracing::info!(signal, "shutting down: closing connections with 1012");
+                stopper.stop();
+            } else {
+                // A second signal means "now": skip the graceful flush.
+                tracing::warn!(signal, "second signal, exiting immediately");
+                std::process::exit(i32::from(EXIT_FAILURE));
+            }
+        }
+    });
+    let result = server.join();
+    signal_handle.close();
+    let _ = watcher.join();
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cinder: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn init_logging(level: Option<&str>, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|e| {
+            eprintln!("cinder: invalid --log-level {level:?} ({e}); using info");
+            EnvFilter::new("info")
+        }),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,164 @@
+//! Counters each shard keeps about itself, read by `GET /metrics`.
+//!
+//! Every counter has exactly one writer (its shard thread), so updates are
+//! relaxed atomic adds on a cache line nobody else writes: no lock and no
+//! contention on the hot path. Readers sum all shards when rendering.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The counters of one shard.
+#[derive(Debug, Default)]
+#[repr(align(128))] // keep shards' counters on separate cache lines
+pub struct ShardMetrics {
+    /// Connections currently open (HTTP and WebSocket).
+    pub connections: AtomicU64,
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Accepts refused because the shard was full.
+    pub refused: AtomicU64,
+    /// WebSocket upgrades completed.
+    pub websocket_upgrades: AtomicU64,
+    /// Channels currently joined.
+    pub channels: AtomicU64,
+    /// Broadcasts published from this shard (API or client events).
+    pub broadcasts: AtomicU64,
+    /// Frames of broadcasts queued to subscribers on this shard.
+    pub deliveries: AtomicU64,
+    /// Binary broadcasts not delivered to V1 subscribers (V1 has no binary form).
+    pub binary_skipped_v1: AtomicU64,
+    /// Client messages received over WebSocket.
+    pub client_messages: AtomicU64,
+    /// Connections closed for exceeding the send buffer limit.
+    pub slow_consumer_closes: AtomicU64,
+    /// Connections closed for protocol errors (bad frames, bad JSON, too big).
+    pub protocol_closes: AtomicU64,
+    /// Connections closed by the idle timeout.
+    pub idle_closes: AtomicU64,
+    /// Bytes written to sockets.
+    pub bytes_written: AtomicU64,
+    /// Vectored write calls made.
+    pub write_calls: AtomicU64,
+}
+
+impl ShardMetrics {
+    /// Adds `n` to a counter (relaxed: the value is only ever summed for display).
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Subtracts `n` from a gauge.
+    #[inline]
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// Renders all shards' counters in the Prometheus text format.
+pub fn render_prometheus(shards: &[ShardMetrics]) -> String {
+    type Field = fn(&ShardMetrics) -> &AtomicU64;
+    let rows: [(&str, &str, &str, Field); 14] = [
+        ("cinder_connections", "gauge", "Open connections.", |m| {
+            &m.connections
+        }),
+        (
+            "cinder_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            |m| &m.accepted,
+        ),
+        (
+            "cinder_connections_refused_total",
+            "counter",
+            "Connections refused because a shard was full.",
+            |m| &m.refused,
+        ),
+        (
+            "cinder_websocket_upgrades_total",
+            "counter",
+            "WebSocket upgrades completed.",
+            |m| &m.websocket_upgrades,
+        ),
+        ("cinder_channels", "gauge", "Channels joined.", |m| {
+            &m.channels
+        }),
+        (
+            "cinder_broadcasts_total",
+            "counter",
+            "Broadcasts published.",
+            |m| &m.broadcasts,
+        ),
+        (
+            "cinder_deliveries_total",
+            "counter",
+            "Broadcast frames queued to subscribers.",
+            |m| &m.deliveries,
+        ),
+        (
+            "cinder_binary_skipped_v1_total",
+            "counter",
+            "Binary broadcasts not sent to V1 subscribers.",
+            |m| &m.binary_skipped_v1,
+        ),
+        (
+            "cinder_client_messages_total",
+            "counter",
+            "Client messages received.",
+            |m| &m.client_messages,
+        ),
+        (
+            "cinder_slow_consumer_closes_total",
+            "counter",
+            "Connections closed as slow consumers.",
+            |m| &m.slow_consumer_closes,
+        ),
+        (
+            "cinder_protocol_closes_total",
+            "counter",
+            "Connections closed for protocol errors.",
+            |m| &m.protocol_closes,
+        ),
+        (
+            "cinder_idle_closes_total",
+            "counter",
+            "Connections closed by the idle timeout.",
+            |m| &m.idle_closes,
+        ),
+        (
+            "cinder_bytes_written_total",
+            "counter",
+            "Bytes written to sockets.",
+            |m| &m.bytes_written,
+        ),
+        (
+            "cinder_write_calls_total",
+            "counter",
+            "Vectored write calls.",
+            |m| &m.write_calls,
+        ),
+    ];
+    let mut out = String::with_capacity(4096);
+    for (name, kind, help, field) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (shard, metrics) in shards.iter().enumerate() {
+            let value = field(metrics).load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {value}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_shard() {
+        let shards = [ShardMetrics::default(), ShardMetrics::default()];
+        ShardMetrics::add(&shards[1].deliveries, 7);
+        let text = render_prometheus(&shards);
+        assert!(text.contains("cinder_deliveries_total{shard=\"1\"} 7"));
+        assert!(text.contains("# TYPE cinder_connections gauge"));
+    }
+}

@@ -1,0 +1,314 @@
+//! The channels of one connection: Phoenix's per-socket multiplexer, free of I/O.
+//!
+//! [`ChannelSet::handle`] is fed one decoded client message and returns, in
+//! order, what must happen: frames to send to this connection, subscriptions
+//! to add or drop in the shard's topic table, broadcasts to publish. The
+//! shard carries the actions out; nothing here touches a socket, a clock or
+//! another connection, so every rule below is unit-tested directly.
+//!
+//! The rules follow Phoenix 1.8.12 (spec §6), evaluated in this order:
+//! heartbeat → join (incl. duplicate join) → message to an unjoined topic →
+//! join_ref check (null accepted, a different non-null ref silently dropped)
+//! → leave → client event policy of the route.
+
+use std::borrow::Cow;
+
+use crate::fanout::broadcast::{Broadcast, Sender};
+use crate::fanout::topics::SubscriptionSlot;
+use crate::protocol::encode::write_reply_payload;
+use crate::protocol::message::{ClientMessage, Name, RawJson};
+use crate::routes::{ClientEventPolicy, JoinPolicy, Routes, HEARTBEAT_TOPIC};
+
+const OK_EMPTY: &[u8] = br#"{"status":"ok","response":{}}"#;
+const UNMATCHED_TOPIC: &[u8] = br#"{"status":"error","response":{"reason":"unmatched topic"}}"#;
+const UNAUTHORIZED: &[u8] = br#"{"status":"error","response":{"reason":"unauthorized"}}"#;
+const TOO_MANY_CHANNELS: &[u8] =
+    br#"{"status":"error","response":{"reason":"too many channels joined"}}"#;
+const UNHANDLED_EVENT: &[u8] = br#"{"status":"error","response":{"reason":"unhandled event"}}"#;
+const RESERVED_EVENT: &[u8] = br#"{"status":"error","response":{"reason":"reserved event"}}"#;
+const EMPTY_OBJECT: &[u8] = b"{}";
+
+/// A server→client message for this connection, not yet encoded (the shard
+/// encodes it with the connection's serializer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The join_ref position.
+    pub join_ref: RawJson,
+    /// The ref position.
+    pub msg_ref: RawJson,
+    /// The topic, echoed as received (it may not even be a string).
+    pub topic: Name,
+    /// `phx_reply`, `phx_close`, `phx_error`, or a push event.
+    pub event: Cow<'static, str>,
+    /// The payload as JSON text.
+    pub payload: Cow<'static, [u8]>,
+}
+
+/// One thing the shard must do, in order.
+#[derive(Debug)]
+pub enum Action {
+    /// Queue a message to this connection.
+    Send(Outgoing),
+    /// Subscribe this connection to the topic, then report the slot back
+    /// through [`ChannelSet::set_slot`].
+    Subscribe {
+        /// The topic joined.
+        topic: String,
+    },
+    /// Drop this connection's subscription.
+    Unsubscribe {
+        /// The topic left.
+        topic: String,
+        /// Where the subscription sits in the topic's set.
+        slot: SubscriptionSlot,
+    },
+    /// Publish a broadcast (from a client event) to every subscriber on every shard.
+    Publish(Broadcast),
+}
+
+/// One joined channel.
+#[derive(Debug)]
+struct JoinedChannel {
+    topic: String,
+    /// The join_ref of the `phx_join` that opened this instance (its ref when
+    /// the join carried none); later messages are filtered against it.
+    join_ref: RawJson,
+    /// Index of the route that admitted the join.
+    route: usize,
+    /// The subscription in the shard's topic table, once made.
+    slot: Option<SubscriptionSlot>,
+}
+
+/// The channels joined on one connection.
+///
+/// Stored as a small vector rather than a map: a connection has few channels
+/// (at most `max_channels`, 100 by default), a linear scan over them is as
+/// fast as hashing, and an idle connection with one channel costs one small
+/// allocation.
+#[derive(Debug)]
+pub struct ChannelSet {
+    channels: Vec<JoinedChannel>,
+    max_channels: usize,
+}
+
+impl ChannelSet {
+    /// An empty set allowing `max_channels` joined at once.
+    pub fn new(max_channels: usize) -> ChannelSet {
+        ChannelSet {
+            channels: Vec::new(),
+            max_channels,
+        }
+    }
+
+    /// Number of joined channels.
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Whether no channel is joined.
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// Records where the shard put the subscription asked for by [`Action::Subscribe`].
+    pub fn set_slot(&mut self, topic: &str, slot: SubscriptionSlot) {
+        if let Some(channel) = self.channels.iter_mut().find(|c| c.topic == topic) {
+            debug_assert!(channel.slot.is_none(), "subscribed twice to {topic}");
+            channel.slot = Some(slot);
+        }
+    }
+
+    /// Removes every channel silently (the connection is gone, spec §6.9),
+    /// returning the subscriptions to drop.
+    pub fn close_all(&mut self) -> impl Iterator<Item = (String, SubscriptionSlot)> + '_ {
+        self.channels
+            .drain(..)
+            .filter_map(|c| c.slot.map(|slot| (c.topic, slot)))
+    }
+
+    /// Handles one client message. `me` identifies this connection for
+    /// `broadcast_from`; `out` receives the actions in execution order.
+    pub fn handle(
+        &mut self,
+        msg: ClientMessage,
+        routes: &Routes,
+        me: Sender,
+        out: &mut Vec<Action>,
+    ) {
+        let topic = match msg.topic.as_str() {
+            Some(t) => t,
+            None => {
+                // A non-string topic never matches a channel (spec §13).
+                return self.handle_unjoined(&msg, out);
+            }
+        };
+        let event = msg.event.as_str();
+        if topic == HEARTBEAT_TOPIC && event == Some("heartbeat") {
+            return out.push(reply(RawJson::null(), &msg, OK_EMPTY));
+        }
+        if event == Some("phx_join") {
+            let topic = topic.to_string();
+            return self.join(topic, msg, routes, out);
+        }
+        let Some(index) = self.channels.iter().position(|c| c.topic == topic) else {
+            return self.handle_unjoined(&msg, out);
+        };
+        let channel = &self.channels[index];
+        if !msg.join_ref.is_null() && msg.join_ref != channel.join_ref {
+            // A message for an earlier instance of this channel: Phoenix
+            // ≥ 1.8.3 drops it without a reply.
+            return;
+        }
+        match event {
+            Some("phx_leave") => {
+                let channel = self.channels.swap_remove(index);
+                let join_ref = channel.join_ref.clone();
+                if let Some(slot) = channel.slot {
+                    out.push(Action::Unsubscribe {
+                        topic: channel.topic,
+                        slot,
+                    });
+                }
+                out.push(reply(join_ref.clone(), &msg, OK_EMPTY));
+                out.push(close(join_ref, msg.topic));
+            }
+            Some(event) => {
+                let policy = routes
+                    .get(channel.route)
+                    .map_or(ClientEventPolicy::Deny, |r| r.client_events);
+                let join_ref = channel.join_ref.clone();
+                let response = client_event(policy, topic, event, &msg, me, out);
+                out.push(reply(join_ref, &msg, response));
+            }
+            None => out.push(reply(channel.join_ref.clone(), &msg, UNHANDLED_EVENT)),
+        }
+    }
+
+    /// Spec §6.5 and the leave case of §6.6.
+    fn handle_unjoined(&self, msg: &ClientMessage, out: &mut Vec<Action>) {
+        if msg.event.as_str() == Some("phx_leave") {
+            out.push(reply(msg.join_ref.clone(), msg, OK_EMPTY));
+        } else {
+            out.push(reply(RawJson::null(), msg, UNMATCHED_TOPIC));
+        }
+    }
+
+    /// Spec §6.2 and §6.3.
+    fn join(&mut self, topic: String, msg: ClientMessage, routes: &Routes, out: &mut Vec<Action>) {
+        let Some((route_index, route)) = routes.find(&topic) else {
+            return out.push(reply(RawJson::null(), &msg, UNMATCHED_TOPIC));
+        };
+        // A duplicate join replaces the old instance, which gets a phx_close
+        // for its own join_ref after the new join's reply (Phoenix's order).
+        let replaced = self
+            .channels
+            .iter()
+            .position(|c| c.topic == topic)
+            .map(|i| {
+                let old = self.channels.swap_remove(i);
+                if let Some(slot) = old.slot {
+                    out.push(Action::Unsubscribe {
+                        topic: old.topic.clone(),
+                        slot,
+                    });
+                }
+                old.join_ref
+            });
+        if self.channels.len() >= self.max_channels {
+            out.push(reply(msg.join_ref.clone(), &msg, TOO_MANY_CHANNELS));
+        } else {
+            match route.join {
+                JoinPolicy::Deny => out.push(reply(msg.join_ref.clone(), &msg, UNAUTHORIZED)),
+                JoinPolicy::Public => {
+                    let join_ref = if msg.join_ref.is_null() {
+                        msg.msg_ref.clone()
+                    } else {
+                        msg.join_ref.clone()
+                    };
+                    self.channels.push(JoinedChannel {
+                        topic: topic.clone(),
+                        join_ref,
+                        route: route_index,
+                        slot: None,
+                    });
+                    out.push(Action::Subscribe { topic });
+                    out.push(reply(msg.join_ref.clone(), &msg, OK_EMPTY));
+                }
+            }
+        }
+        if let Some(old_join_ref) = replaced {
+            out.push(close(old_join_ref, msg.topic));
+        }
+    }
+}
+
+/// Applies a route's client event policy; returns the reply payload.
+fn client_event(
+    policy: ClientEventPolicy,
+    topic: &str,
+    event: &str,
+    msg: &ClientMessage,
+    me: Sender,
+    out: &mut Vec<Action>,
+) -> &'static [u8] {
+    let exclude = match policy {
+        ClientEventPolicy::Deny => return UNHANDLED_EVENT,
+        ClientEventPolicy::Broadcast => None,
+        ClientEventPolicy::BroadcastFrom => Some(me),
+    };
+    // Relaying `phx_close` or `presence_diff` would let one client close or
+    // corrupt every other client's channel: those names are the server's.
+    if is_reserved(event) {
+        return RESERVED_EVENT;
+    }
+    match Broadcast::new(
+        topic.to_string(),
+        event.to_string(),
+        msg.payload.clone(),
+        exclude,
+    ) {
+        Ok(broadcast) => {
+            out.push(Action::Publish(broadcast));
+            OK_EMPTY
+        }
+        Err(_) => br#"{"status":"error","response":{"reason":"payload must be a JSON object"}}"#,
+    }
+}
+
+/// Events only the server may send.
+fn is_reserved(event: &str) -> bool {
+    event.starts_with("phx_") || event == "presence_state" || event == "presence_diff"
+}
+
+/// A `phx_reply` to `msg`: ref echoed, join_ref as given.
+fn reply(join_ref: RawJson, msg: &ClientMessage, payload: &'static [u8]) -> Action {
+    Action::Send(Outgoing {
+        join_ref,
+        msg_ref: msg.msg_ref.clone(),
+        topic: msg.topic.clone(),
+        event: Cow::Borrowed("phx_reply"),
+        payload: Cow::Borrowed(payload),
+    })
+}
+
+/// A `phx_close` for a channel instance: join_ref in both positions (§6.7).
+fn close(join_ref: RawJson, topic: Name) -> Action {
+    Action::Send(Outgoing {
+        join_ref: join_ref.clone(),
+        msg_ref: join_ref,
+        topic,
+        event: Cow::Borrowed("phx_close"),
+        payload: Cow::Borrowed(EMPTY_OBJECT),
+    })
+}
+
+/// Builds a reply payload with a custom response (for callers outside this module).
+pub fn reply_payload(status: &str, response_json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(response_json.len() + 32);
+    write_reply_payload(&mut out, status, response_json);
+    out
+}
+
+#[cfg(test)]
+#[path = "channels_tests.rs"]
+mod tests;

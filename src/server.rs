@@ -1,0 +1,193 @@
+//! Starting and stopping the shards.
+//!
+//! Every shard gets its own listening socket bound to the same address with
+//! `SO_REUSEPORT`, so the kernel spreads incoming connections over the
+//! shards and no shard ever hands a connection to another. The first socket
+//! is bound alone so a port of 0 (tests) resolves to one concrete port that
+//! the others then share.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use mio::{Poll, Token, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::metrics::ShardMetrics;
+use crate::shard::inbox::{inbox, ShardInbox, ShardMessage};
+use crate::shard::{Shard, ShardSetup};
+
+/// Pending connections the kernel may queue per shard listener; large so a
+/// reconnect storm of thousands of clients is not refused at the SYN.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Binding or configuring a listening socket failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Creating a poll, waker or thread failed.
+    #[error("cannot start shard {shard}: {source}")]
+    Shard {
+        /// The shard index.
+        shard: usize,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A running server: its address, and the means to stop it.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    inboxes: Arc<[ShardInbox]>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+impl ServerHandle {
+    /// The address the shards listen on (with the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Number of shards running.
+    pub fn shard_count(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Asks every shard to stop gracefully (close WebSockets with 1012, flush).
+    pub fn shutdown(&self) {
+        self.stop_signal().stop();
+    }
+
+    /// A handle that can stop the server from another thread (a signal
+    /// watcher) while this handle waits in [`ServerHandle::join`].
+    pub fn stop_signal(&self) -> StopSignal {
+        StopSignal {
+            inboxes: self.inboxes.clone(),
+        }
+    }
+
+    /// Waits for every shard to exit.
+    pub fn join(self) -> io::Result<()> {
+        let mut result = Ok(());
+        for thread in self.threads {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(io::Error::other("a shard thread panicked")),
+            }
+        }
+        result
+    }
+
+    /// Stops the server and waits for it.
+    pub fn stop(self) -> io::Result<()> {
+        self.shutdown();
+        self.join()
+    }
+}
+
+/// Stops a server from any thread.
+#[derive(Clone)]
+pub struct StopSignal {
+    inboxes: Arc<[ShardInbox]>,
+}
+
+impl StopSignal {
+    /// Asks every shard to stop gracefully.
+    pub fn stop(&self) {
+        for inbox in self.inboxes.iter() {
+            inbox.send(ShardMessage::Shutdown);
+        }
+    }
+}
+
+/// Binds the listeners and starts one thread per shard.
+pub fn start(config: Config) -> Result<ServerHandle, StartError> {
+    let config = Arc::new(config);
+    let shards = config.shard_count();
+    let first = bind_listener(config.server.bind)?;
+    let local_addr = first
+        .local_addr()
+        .and_then(|a| {
+            a.as_socket()
+                .ok_or_else(|| io::Error::other("not an IP socket"))
+        })
+        .map_err(|source| StartError::Listen {
+            addr: config.server.bind,
+            source,
+        })?;
+    let mut listeners = vec![first];
+    for _ in 1..shards {
+        listeners.push(bind_listener(local_addr)?);
+    }
+
+    let mut polls = Vec::with_capacity(shards);
+    let mut inboxes = Vec::with_capacity(shards);
+    let mut receivers = Vec::with_capacity(shards);
+    for shard in 0..shards {
+        let poll = Poll::new().map_err(|source| StartError::Shard { shard, source })?;
+        let waker = Waker::new(poll.registry(), Token(usize::MAX - 2))
+            .map_err(|source| StartError::Shard { shard, source })?;
+        let (sender, receiver) = inbox(waker);
+        polls.push(poll);
+        inboxes.push(sender);
+        receivers.push(receiver);
+    }
+    let inboxes: Arc<[ShardInbox]> = inboxes.into();
+    let metrics: Arc<[ShardMetrics]> = (0..shards).map(|_| ShardMetrics::default()).collect();
+
+    let mut threads = Vec::with_capacity(shards);
+    for (id, ((poll, listener), receiver)) in
+        polls.into_iter().zip(listeners).zip(receivers).enumerate()
+    {
+        let setup = ShardSetup {
+            id,
+            poll,
+            listener: mio::net::TcpListener::from_std(listener.into()),
+            inbox: receiver,
+            peers: inboxes.clone(),
+            config: config.clone(),
+            metrics: metrics.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("cinder-shard-{id}"))
+            .spawn(move || {
+                let result = Shard::new(setup).and_then(Shard::run);
+                if let Err(e) = &result {
+                    tracing::error!(shard = id, error = %e, "shard failed");
+                }
+                result
+            })
+            .map_err(|source| StartError::Shard { shard: id, source })?;
+        threads.push(thread);
+    }
+    tracing::info!(%local_addr, shards, "listening on {local_addr}");
+    Ok(ServerHandle {
+        local_addr,
+        inboxes,
+        threads,
+    })
+}
+
+/// A non-blocking listener with `SO_REUSEPORT`, so every shard can bind the
+/// same address.
+fn bind_listener(addr: SocketAddr) -> Result<Socket, StartError> {
+    let fail = |source| StartError::Listen { addr, source };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_reuse_port(true).map_err(fail)?;
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&addr.into()).map_err(fail)?;
+    socket.listen(LISTEN_BACKLOG).map_err(fail)?;
+    Ok(socket)
+}

@@ -1,0 +1,95 @@
+//! One client connection and the phase it is in.
+//!
+//! A connection starts as plain HTTP (API calls, health checks, or the
+//! WebSocket upgrade request). A successful upgrade replaces the phase with
+//! [`Phase::WebSocket`]; any close — by the client, by a protocol error, by
+//! the server — moves it to [`Phase::Closing`], where output is flushed, the
+//! write side shut, and the socket dropped when the peer hangs up or the
+//! deadline passes. See `docs/architecture.md`, "The life of a connection".
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::protocol::channels::ChannelSet;
+use crate::protocol::message::Serializer;
+use crate::shard::outbox::Outbox;
+use crate::transport::frame::FrameDecoder;
+
+/// The WebSocket state of an upgraded connection.
+#[derive(Debug)]
+pub struct WebSocketSession {
+    /// Incremental frame parser (reassembles fragments, enforces the size limit).
+    pub decoder: FrameDecoder,
+    /// The serializer negotiated by `vsn`.
+    pub serializer: Serializer,
+    /// The Phoenix channels joined on this socket.
+    pub channels: ChannelSet,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+pub enum Phase {
+    /// Reading HTTP requests (keep-alive allowed).
+    Http,
+    /// Upgraded; speaking Phoenix over WebSocket.
+    WebSocket(WebSocketSession),
+    /// Going away: flush what is queued, shut the write side, wait for the
+    /// peer to hang up, and drop the socket by `deadline` at the latest.
+    Closing {
+        /// When the socket is dropped whatever the peer does.
+        deadline: Instant,
+        /// Whether `shutdown(Write)` was already done.
+        write_shut: bool,
+    },
+}
+
+/// A connection owned by a shard.
+#[derive(Debug)]
+pub struct Connection {
+    /// The socket, registered with the shard's poll under this connection's key.
+    pub socket: TcpStream,
+    /// The peer's address (for logs and, later, connect policies).
+    pub peer: SocketAddr,
+    /// What the connection is doing.
+    pub phase: Phase,
+    /// Input received but not yet processed (a partial request or frame).
+    /// Empty, with no allocation, whenever the input was consumed whole,
+    /// which is the usual case.
+    pub pending_input: Vec<u8>,
+    /// Output waiting for the socket.
+    pub outbox: Outbox,
+    /// When the connection last received anything (the idle timeout's clock).
+    pub last_active: Instant,
+    /// Whether the key is already in the shard's flush list this turn.
+    pub flush_scheduled: bool,
+}
+
+impl Connection {
+    /// A freshly accepted connection.
+    pub fn new(socket: TcpStream, peer: SocketAddr, now: Instant) -> Connection {
+        Connection {
+            socket,
+            peer,
+            phase: Phase::Http,
+            pending_input: Vec::new(),
+            outbox: Outbox::default(),
+            last_active: now,
+            flush_scheduled: false,
+        }
+    }
+
+    /// The WebSocket session, if upgraded and not closing.
+    pub fn websocket(&mut self) -> Option<&mut WebSocketSession> {
+        match &mut self.phase {
+            Phase::WebSocket(session) => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection is on its way out.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. })
+    }
+}

@@ -1,0 +1,186 @@
+//! The HTTP half of a shard: parse a request, then either upgrade it to a
+//! Phoenix WebSocket or answer it (publish API, health, metrics).
+
+use std::sync::Arc;
+
+use super::connection::{Phase, WebSocketSession};
+use super::Shard;
+use crate::api::{self, ApiReply};
+use crate::connect::{ConnectDecision, ConnectPolicy, ConnectRequest};
+use crate::metrics::ShardMetrics;
+use crate::protocol::channels::ChannelSet;
+use crate::protocol::vsn::negotiate;
+use crate::transport::frame::FrameDecoder;
+use crate::transport::handshake::{
+    negotiate_subprotocols, validate_upgrade, write_switching_protocols,
+};
+use crate::transport::http::{
+    parse_request, write_json_error, write_response, HttpLimits, Parsed, Request,
+};
+use crate::transport::query::{is_plain_string, last_value, parse_pairs};
+
+/// Largest request head accepted (request line and headers).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// What handling a request did to the connection.
+enum Handled {
+    /// Answered; keep reading requests.
+    KeepAlive,
+    /// Answered; close after the response is flushed.
+    Close,
+    /// Upgraded to a WebSocket; what follows is frames.
+    Upgraded,
+}
+
+impl Shard {
+    /// Parses at most one request from `input` and handles it; returns the
+    /// bytes consumed (0 when the request is incomplete).
+    pub(super) fn process_http(&mut self, key: usize, input: &mut [u8]) -> usize {
+        let limits = HttpLimits {
+            max_header_bytes: MAX_HEADER_BYTES,
+            max_body_bytes: self.config.api.max_body_size,
+        };
+        let (request, consumed) = match parse_request(input, &limits) {
+            Ok(Parsed::Incomplete) => return 0,
+            Ok(Parsed::Complete { request, consumed }) => (request, consumed),
+            Err(error) => {
+                let mut out = Vec::new();
+                write_json_error(&mut out, error.status(), &error.to_string(), false);
+                self.send_bytes(key, &out);
+                self.start_closing(key);
+                return input.len();
+            }
+        };
+        match self.handle_request(key, request) {
+            Handled::KeepAlive | Handled::Upgraded => consumed,
+            Handled::Close => {
+                self.start_closing(key);
+                input.len()
+            }
+        }
+    }
+
+    fn handle_request(&mut self, key: usize, request: Request) -> Handled {
+        let keep_alive = request.keep_alive && self.stop_deadline.is_none();
+        if request.path == self.config.websocket_path() {
+            return self.upgrade(key, &request);
+        }
+        let mut out = Vec::new();
+        match api::route(&request.method, &request.path) {
+            Some(api::Endpoint::Broadcast) => {
+                match api::parse_broadcasts(&request.body, self.config.api.max_batch) {
+                    Ok(broadcasts) => {
+                        let count = broadcasts.len();
+                        for broadcast in broadcasts {
+                            self.publish(Arc::new(broadcast));
+                        }
+                        let body = format!(r#"{{"ok":true,"count":{count}}}"#);
+                        write_response(
+                            &mut out,
+                            200,
+                            &[("content-type", "application/json")],
+                            body.as_bytes(),
+                            keep_alive,
+                        );
+                    }
+                    Err(error) => write_json_error(&mut out, 400, &error.to_string(), keep_alive),
+                }
+            }
+            Some(api::Endpoint::Health) => write_response(
+                &mut out,
+                200,
+                &[("content-type", "application/json")],
+                br#"{"status":"ok"}"#,
+                keep_alive,
+            ),
+            Some(api::Endpoint::Metrics) => {
+                let text = crate::metrics::render_prometheus(&self.metrics);
+                write_response(
+                    &mut out,
+                    200,
+                    &[("content-type", "text/plain; version=0.0.4")],
+                    text.as_bytes(),
+                    keep_alive,
+                );
+            }
+            None => match api::reply_for_unknown(&request.method, &request.path) {
+                ApiReply::MethodNotAllowed { allow } => {
+                    let body = br#"{"error":"method not allowed"}"#;
+                    write_response(
+                        &mut out,
+                        405,
+                        &[("content-type", "application/json"), ("allow", allow)],
+                        body,
+                        keep_alive,
+                    );
+                }
+                ApiReply::NotFound => write_json_error(&mut out, 404, "not found", keep_alive),
+            },
+        }
+        self.send_bytes(key, &out);
+        if keep_alive {
+            Handled::KeepAlive
+        } else {
+            Handled::Close
+        }
+    }
+
+    /// The WebSocket upgrade, in Phoenix's order (spec §2.4): method,
+    /// subprotocols (auth token), connect (vsn, policy), upgrade headers.
+    fn upgrade(&mut self, key: usize, request: &Request) -> Handled {
+        let refuse = |shard: &mut Shard, status: u16, reason: &str| {
+            let mut out = Vec::new();
+            write_json_error(&mut out, status, reason, false);
+            shard.send_bytes(key, &out);
+            Handled::Close
+        };
+        if self.stop_deadline.is_some() {
+            return refuse(self, 503, "server shutting down");
+        }
+        if request.method != "GET" {
+            return refuse(self, 400, "websocket upgrade requires GET");
+        }
+        let subprotocols = match negotiate_subprotocols(request) {
+            Ok(s) => s,
+            Err(error) => return refuse(self, error.status(), &error.to_string()),
+        };
+        let params = parse_pairs(&request.query);
+        // `vsn[]=x` decodes to a list in Phoenix, which refuses it; it must not
+        // count as an absent vsn (which would mean V1).
+        if !is_plain_string(&params, "vsn") {
+            return refuse(self, 403, "vsn must be a string");
+        }
+        let serializer = match negotiate(last_value(&params, "vsn")) {
+            Ok(s) => s,
+            Err(error) => return refuse(self, 403, &error.to_string()),
+        };
+        let Some(peer) = self.connections.get(key).map(|c| c.peer) else {
+            return Handled::Close;
+        };
+        let connect = ConnectRequest {
+            params: &params,
+            auth_token: subprotocols.auth_token.as_deref(),
+            peer,
+        };
+        if let ConnectDecision::Refuse { status, reason } = ConnectPolicy::Open.decide(&connect) {
+            return refuse(self, status, &reason);
+        }
+        let accept_key = match validate_upgrade(request) {
+            Ok(k) => k,
+            Err(error) => return refuse(self, error.status(), &error.to_string()),
+        };
+        let mut out = Vec::with_capacity(256);
+        write_switching_protocols(&mut out, &accept_key, subprotocols.selected.as_deref());
+        self.send_bytes(key, &out);
+        let session = WebSocketSession {
+            decoder: FrameDecoder::new(self.config.socket.max_message_size),
+            serializer,
+            channels: ChannelSet::new(self.config.socket.max_channels),
+        };
+        if let Some(conn) = self.connections.get_mut(key) {
+            conn.phase = Phase::WebSocket(session);
+        }
+        ShardMetrics::add(&self.metrics[self.id].websocket_upgrades, 1);
+        Handled::Upgraded
+    }
+}

@@ -1,0 +1,78 @@
+//! How shards talk to each other: one queue per shard, woken by a `mio::Waker`.
+//!
+//! The queue is `std::sync::mpsc` (lock-free on the send side). Waking costs
+//! a syscall, so a sender only wakes the target when the target's
+//! `wake_pending` flag was clear: a burst of a thousand broadcasts to a shard
+//! costs one wake. The target clears the flag *before* draining the queue, so
+//! a message sent during the drain either is seen by that drain or sets the
+//! flag again and wakes the shard once more: nothing is ever left waiting.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use crate::fanout::broadcast::Broadcast;
+
+/// A message from one shard (or the server handle) to a shard.
+#[derive(Debug)]
+pub enum ShardMessage {
+    /// Deliver a broadcast published elsewhere to local subscribers.
+    Broadcast(Arc<Broadcast>),
+    /// Stop accepting, close every WebSocket with 1012, flush, exit.
+    Shutdown,
+}
+
+/// The sending side of a shard's inbox, cloned to every other shard.
+#[derive(Debug, Clone)]
+pub struct ShardInbox {
+    sender: mpsc::Sender<ShardMessage>,
+    waker: Arc<mio::Waker>,
+    wake_pending: Arc<AtomicBool>,
+}
+
+/// The receiving side, owned by the shard.
+#[derive(Debug)]
+pub struct InboxReceiver {
+    receiver: mpsc::Receiver<ShardMessage>,
+    wake_pending: Arc<AtomicBool>,
+}
+
+/// Creates a shard's inbox, woken through `waker`.
+pub fn inbox(waker: mio::Waker) -> (ShardInbox, InboxReceiver) {
+    let (sender, receiver) = mpsc::channel();
+    let wake_pending = Arc::new(AtomicBool::new(false));
+    (
+        ShardInbox {
+            sender,
+            waker: Arc::new(waker),
+            wake_pending: wake_pending.clone(),
+        },
+        InboxReceiver {
+            receiver,
+            wake_pending,
+        },
+    )
+}
+
+impl ShardInbox {
+    /// Queues `message` and wakes the shard if it is not already due to wake.
+    /// Returns false when the shard has exited.
+    pub fn send(&self, message: ShardMessage) -> bool {
+        if self.sender.send(message).is_err() {
+            return false;
+        }
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            // A failed wake means the poll is gone, i.e. the shard exited.
+            return self.waker.wake().is_ok();
+        }
+        true
+    }
+}
+
+impl InboxReceiver {
+    /// Takes everything queued. Call after a waker event.
+    pub fn drain(&self) -> impl Iterator<Item = ShardMessage> + '_ {
+        self.wake_pending.store(false, Ordering::Release);
+        self.receiver.try_iter()
+    }
+}

@@ -1,0 +1,285 @@
+//! The WebSocket half of a shard: frames in, Phoenix messages through the
+//! channel state machine, actions carried out — and the fan-out of
+//! broadcasts into subscribers' outboxes.
+
+use std::sync::Arc;
+
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+use super::connection::Phase;
+use super::inbox::ShardMessage;
+use super::outbox::FlushStats;
+use super::Shard;
+use crate::fanout::broadcast::{Broadcast, Sender};
+use crate::metrics::ShardMetrics;
+use crate::protocol::channels::{Action, Outgoing};
+use crate::protocol::decode::{decode_binary, decode_text};
+use crate::protocol::encode::encode_text;
+use crate::protocol::message::{ClientMessage, Serializer};
+use crate::transport::frame::{close_frame, write_frame, Decoded, WsEvent};
+
+/// Close code for a connection whose unsent output exceeded its limit
+/// (policy violation: the client does not read fast enough).
+pub const CLOSE_SLOW_CONSUMER: u16 = 1008;
+/// Close code for input the server cannot process (Phoenix's crash code).
+pub const CLOSE_INTERNAL: u16 = 1011;
+
+impl Shard {
+    /// Decodes at most one frame from `input` and acts on it; returns the
+    /// bytes consumed (0 when the frame is incomplete).
+    pub(super) fn process_websocket(&mut self, key: usize, input: &mut [u8]) -> usize {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return input.len();
+        };
+        let Phase::WebSocket(session) = &mut conn.phase else {
+            return input.len();
+        };
+        let decoded = match session.decoder.decode(input) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                tracing::debug!(shard = self.id, %error, "closing on a bad frame");
+                ShardMetrics::add(&self.metrics[self.id].protocol_closes, 1);
+                self.close_websocket(key, error.close_code(), &error.to_string());
+                return input.len();
+            }
+        };
+        match decoded {
+            Decoded::Incomplete => 0,
+            Decoded::Skipped { consumed } => consumed,
+            Decoded::Event { event, consumed } => {
+                self.on_event(key, event);
+                consumed
+            }
+        }
+    }
+
+    fn on_event(&mut self, key: usize, event: WsEvent) {
+        let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket()) else {
+            return;
+        };
+        let serializer = session.serializer;
+        let decoded = match event {
+            WsEvent::Text(mut text) => decode_text(serializer, &mut text),
+            // A V1 socket has no binary form; Phoenix feeds the bytes to the
+            // JSON decoder, which usually fails (→ 1011), so do the same.
+            WsEvent::Binary(mut bytes) => match serializer {
+                Serializer::V2 => decode_binary(&bytes),
+                Serializer::V1 => decode_text(serializer, &mut bytes),
+            },
+            WsEvent::Ping(payload) => {
+                let mut frame = Vec::with_capacity(payload.len() + 2);
+                write_frame(&mut frame, OpCode::Control(Control::Pong), &payload);
+                return self.send_bytes(key, &frame);
+            }
+            WsEvent::Pong => return,
+            WsEvent::Close { code, .. } => {
+                // Echo the peer's code (RFC 6455 §5.5.1), or an empty close.
+                let mut frame = Vec::new();
+                match code {
+                    Some(code) => frame = close_frame(code, ""),
+                    None => write_frame(&mut frame, OpCode::Control(Control::Close), &[]),
+                }
+                self.send_bytes(key, &frame);
+                return self.start_closing(key);
+            }
+        };
+        ShardMetrics::add(&self.metrics[self.id].client_messages, 1);
+        match decoded {
+            Ok(message) => self.on_message(key, message),
+            Err(error) => {
+                tracing::debug!(shard = self.id, %error, "closing on an undecodable message");
+                ShardMetrics::add(&self.metrics[self.id].protocol_closes, 1);
+                self.close_websocket(key, CLOSE_INTERNAL, "malformed message");
+            }
+        }
+    }
+
+    fn on_message(&mut self, key: usize, message: ClientMessage) {
+        let me = Sender {
+            shard: self.id,
+            connection: key,
+        };
+        let mut actions = std::mem::take(&mut self.actions);
+        if let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket()) {
+            session
+                .channels
+                .handle(message, &self.config.routes, me, &mut actions);
+        }
+        for action in actions.drain(..) {
+            self.apply(key, action);
+        }
+        self.actions = actions;
+    }
+
+    /// Carries out one action of the channel state machine.
+    fn apply(&mut self, key: usize, action: Action) {
+        match action {
+            Action::Send(outgoing) => self.send_message(key, &outgoing),
+            Action::Subscribe { topic } => {
+                let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket())
+                else {
+                    return;
+                };
+                let slot = self.topics.subscribe(&topic, session.serializer, key);
+                session.channels.set_slot(&topic, slot);
+                ShardMetrics::add(&self.metrics[self.id].channels, 1);
+            }
+            Action::Unsubscribe { topic, slot } => {
+                let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket())
+                else {
+                    return;
+                };
+                self.topics.unsubscribe(&topic, session.serializer, slot);
+                ShardMetrics::sub(&self.metrics[self.id].channels, 1);
+            }
+            Action::Publish(broadcast) => self.publish(Arc::new(broadcast)),
+        }
+    }
+
+    /// Encodes a message for one connection in its serializer and queues it.
+    fn send_message(&mut self, key: usize, message: &Outgoing) {
+        let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket()) else {
+            return;
+        };
+        let serializer = session.serializer;
+        let mut body = std::mem::take(&mut self.scratch);
+        body.clear();
+        encode_text(
+            &mut body,
+            serializer,
+            &message.join_ref,
+            &message.msg_ref,
+            &message.topic,
+            &message.event,
+            &message.payload,
+        );
+        let mut frame = Vec::with_capacity(body.len() + 10);
+        write_frame(&mut frame, OpCode::Data(Data::Text), &body);
+        self.scratch = body;
+        self.send_bytes(key, &frame);
+    }
+
+    /// Queues bytes for one connection, enforcing the send buffer limit.
+    pub(super) fn send_bytes(&mut self, key: usize, bytes: &[u8]) {
+        let limit = self.config.socket.send_buffer_limit;
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        conn.outbox.push_owned(bytes);
+        let over = conn.outbox.queued_bytes() > limit && !conn.is_closing();
+        self.schedule_flush(key);
+        if over {
+            self.relieve_or_close(key);
+        }
+    }
+
+    /// Publishes a broadcast from this shard: local subscribers now, other
+    /// shards through their inboxes.
+    pub(super) fn publish(&mut self, broadcast: Arc<Broadcast>) {
+        ShardMetrics::add(&self.metrics[self.id].broadcasts, 1);
+        self.deliver(&broadcast);
+        for (shard, inbox) in self.peers.iter().enumerate() {
+            if shard != self.id {
+                inbox.send(ShardMessage::Broadcast(broadcast.clone()));
+            }
+        }
+    }
+
+    /// The fan-out: queue one shared frame per local subscriber. No encoding
+    /// and no copying per subscriber — one `Arc` clone and one queue push.
+    pub(super) fn deliver(&mut self, broadcast: &Broadcast) {
+        let Some(set) = self.topics.get(broadcast.topic()) else {
+            return;
+        };
+        let limit = self.config.socket.send_buffer_limit;
+        let exclude = broadcast
+            .exclude()
+            .filter(|sender| sender.shard == self.id)
+            .map(|sender| sender.connection);
+        let mut delivered = 0u64;
+        let mut skipped = 0u64;
+        for serializer in [Serializer::V1, Serializer::V2] {
+            let subscribers = set.of(serializer);
+            if subscribers.is_empty() {
+                continue;
+            }
+            let Some(frame) = broadcast.frame_for(serializer) else {
+                skipped += subscribers.len() as u64;
+                continue;
+            };
+            for (_, &key) in subscribers.iter() {
+                if Some(key) == exclude {
+                    continue;
+                }
+                let Some(conn) = self.connections.get_mut(key) else {
+                    debug_assert!(false, "subscriber {key} has no connection");
+                    continue;
+                };
+                conn.outbox.push_shared(frame.clone());
+                if conn.outbox.queued_bytes() > limit {
+                    self.slow_consumers.push(key);
+                }
+                if !conn.flush_scheduled {
+                    conn.flush_scheduled = true;
+                    self.flush_list.push(key);
+                }
+                delivered += 1;
+            }
+        }
+        let metrics = &self.metrics[self.id];
+        ShardMetrics::add(&metrics.deliveries, delivered);
+        if skipped > 0 {
+            ShardMetrics::add(&metrics.binary_skipped_v1, skipped);
+        }
+        // Closing unsubscribes, which needs the topic table the loop above
+        // was borrowing; hence the deferred list.
+        let slow = std::mem::take(&mut self.slow_consumers);
+        for &key in &slow {
+            self.relieve_or_close(key);
+        }
+        self.slow_consumers = slow;
+        self.slow_consumers.clear();
+    }
+
+    /// A connection went over its send buffer limit. The limit is on what
+    /// the *kernel* will not take, so first hand the socket what it accepts
+    /// now (a fast reader with a burst bigger than the limit is not slow);
+    /// if it is still over, it is a slow consumer: what it has not started
+    /// to receive is dropped (memory stays bounded) and a 1008 close follows.
+    fn relieve_or_close(&mut self, key: usize) {
+        let limit = self.config.socket.send_buffer_limit;
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        if conn.is_closing() {
+            return;
+        }
+        let mut stats = FlushStats::default();
+        let flushed = conn.outbox.flush(&mut conn.socket, &mut stats);
+        let metrics = &self.metrics[self.id];
+        ShardMetrics::add(&metrics.bytes_written, stats.bytes);
+        ShardMetrics::add(&metrics.write_calls, stats.calls);
+        if flushed.is_err() {
+            return self.remove(key);
+        }
+        if conn.outbox.queued_bytes() <= limit {
+            return;
+        }
+        conn.outbox.discard_unstarted();
+        ShardMetrics::add(&self.metrics[self.id].slow_consumer_closes, 1);
+        tracing::debug!(shard = self.id, peer = %conn.peer, "closing a slow consumer");
+        self.close_websocket(key, CLOSE_SLOW_CONSUMER, "slow consumer");
+    }
+
+    /// Sends a close frame and moves the connection to `Closing`.
+    pub(super) fn close_websocket(&mut self, key: usize, code: u16, reason: &str) {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        if conn.is_closing() {
+            return;
+        }
+        conn.outbox.push_owned(&close_frame(code, reason));
+        self.start_closing(key);
+    }
+}

@@ -1,0 +1,13 @@
+//! Everything between the socket and the Phoenix protocol.
+//!
+//! | file | what lives there |
+//! | --- | --- |
+//! | [`http`] | HTTP/1.1 request parsing (`httparse`) and responses |
+//! | [`query`] | query strings decoded as Phoenix (Plug) does |
+//! | [`handshake`] | the WebSocket upgrade: subprotocols, auth token, accept key |
+//! | [`frame`] | the WebSocket frame codec: decoding client frames, writing server frames |
+
+pub mod frame;
+pub mod handshake;
+pub mod http;
+pub mod query;
