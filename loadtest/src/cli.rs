@@ -1,0 +1,403 @@
+//! The command line: one argument struct per scenario, shared pieces
+//! flattened in, and the parsers for durations, rates and address ranges.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::phoenix::Serializer;
+
+/// Load generator for Phoenix Channels servers (Cinder or any other).
+#[derive(Debug, Parser)]
+#[command(name = "cinder-load", version, about, long_about = None)]
+pub struct Cli {
+    /// The scenario to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// C subscribers; a publisher broadcasts to their topics; measures
+    /// deliveries/s, latency, loss and duplicates.
+    Fanout(FanoutArgs),
+    /// Every client pushes into a shared room and receives the room's broadcasts.
+    Chat(ChatArgs),
+    /// Connect + join storm: handshakes/s, joins/s and their latency.
+    Connect(ConnectArgs),
+    /// Holds C joined connections; with --server-pid reports the server's RSS per connection.
+    Idle(IdleArgs),
+    /// Starts the Cinder binary with each shard count and runs a scenario against each.
+    Sweep(SweepArgs),
+    /// The machine's own limit: one pre-encoded frame per write() to C loopback sockets, no protocol.
+    Ceiling(CeilingArgs),
+    /// Internal: the reading side of `ceiling`, run as a child process.
+    #[command(hide = true)]
+    Drain(DrainArgs),
+}
+
+/// How to reach the server and how many connections to hold.
+#[derive(Debug, Clone, Args)]
+pub struct ConnArgs {
+    /// WebSocket endpoint of the server (`vsn` is added from --serializer).
+    #[arg(long, default_value = "ws://127.0.0.1:4000/socket/websocket")]
+    pub url: String,
+    /// Number of client connections.
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Number of topics; connection i joins `PREFIX:(i mod T)`.
+    #[arg(long, default_value_t = 1)]
+    pub topics: usize,
+    /// Topic prefix (the server's routes must let clients join `PREFIX:N`).
+    #[arg(long, default_value = "bench")]
+    pub topic_prefix: String,
+    /// New connections per second over all threads (0 = as fast as --max-pending allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub connect_rate: f64,
+    /// Connections still handshaking or joining, per thread, before new ones wait.
+    #[arg(long, default_value_t = 256)]
+    pub max_pending: usize,
+    /// Source addresses to spread connections over, e.g. `127.0.0.2-127.0.0.40`
+    /// or `127.0.0.2,127.0.0.3` (each address has its own 64k ports).
+    #[arg(long, value_parser = parse_src_ips)]
+    pub src_ips: Option<SrcIps>,
+    /// Event-loop threads for the connections.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Wire format: v2 (JSON arrays, the JS client's default) or v1 (objects).
+    #[arg(long, value_enum, default_value = "v2")]
+    pub serializer: Serializer,
+    /// Heartbeat period per connection, as the JS client sends them.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub heartbeat: Duration,
+    /// Extra connect parameter `key=value` added to the URL (repeatable).
+    #[arg(long = "param", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// Auth token sent in the `base64url.bearer.phx.<token>` subprotocol.
+    #[arg(long)]
+    pub auth_token: Option<String>,
+    /// How long connecting and joining may take before the run goes on
+    /// with the connections that made it.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub setup_timeout: Duration,
+}
+
+/// Where results go and what else to observe.
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Write every figure as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// PID of the server process: its CPU time and RSS are read from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+}
+
+/// How the measured windows run.
+#[derive(Debug, Clone, Args)]
+pub struct MeasureArgs {
+    /// Length of each measured window.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Measured windows on the same connections; the report gives each one
+    /// and their median.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Size of each message's payload JSON in bytes (at least ~60: the stamp).
+    #[arg(long, default_value_t = 64)]
+    pub payload_bytes: usize,
+    /// After a window, how long to wait for deliveries still in flight.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub drain_timeout: Duration,
+    /// Event name of the measured messages.
+    #[arg(long, default_value = "msg")]
+    pub event: String,
+}
+
+/// `fanout`: one publisher, many subscribers.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: ConnArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub measure: MeasureArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub output: OutputArgs,
+    /// Messages per second over all topics, or `max`: closed loop, at most
+    /// --window messages per topic in flight (published, not yet received by all).
+    #[arg(long, value_parser = parse_rate, default_value = "max")]
+    pub rate: Rate,
+    /// Publish through this HTTP endpoint (e.g. http://127.0.0.1:4000/api/broadcast);
+    /// without it the publisher pushes on its own WebSocket and the server's
+    /// channel must rebroadcast client events.
+    #[arg(long)]
+    pub publish: Option<String>,
+    /// Messages per HTTP request (`{"messages":[…]}` when above 1) or per
+    /// write of pushes.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// With `--rate max`: messages per topic in flight.
+    #[arg(long, default_value_t = 64)]
+    pub window: u64,
+    /// `Authorization: Bearer` key for the HTTP publish API.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// After the max-rate windows, one window at each of these percentages
+    /// of the measured maximum publish rate (e.g. `25,50,90`), for latency
+    /// under partial load. Needs `--rate max`.
+    #[arg(long, value_delimiter = ',')]
+    pub latency_at: Vec<f64>,
+}
+
+/// `chat`: everyone talks, everyone listens.
+#[derive(Debug, Clone, Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: ConnArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub measure: MeasureArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub output: OutputArgs,
+    /// Pushes per second per client.
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+}
+
+/// `connect`: a connect + join storm.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: ConnArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub output: OutputArgs,
+}
+
+/// `idle`: hold joined connections and watch the server's memory.
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: ConnArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub output: OutputArgs,
+    /// How long to hold the connections once all are joined.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub hold: Duration,
+}
+
+/// `sweep`: the same scenario against the server at several shard counts.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Shard counts to run, e.g. `1,2,4`.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub shards: Vec<usize>,
+    /// The Cinder binary (default: `cinder` next to this executable).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Port the server is started on (127.0.0.1).
+    #[arg(long, default_value_t = 4100)]
+    pub port: u16,
+    /// Config file passed to each server with --config.
+    #[arg(long)]
+    pub server_config: Option<PathBuf>,
+    /// Where to write the chart.
+    #[arg(long, default_value = "sweep.svg")]
+    pub svg: PathBuf,
+    /// Write every run's figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The scenario and its options (its --url, --publish and --server-pid
+    /// are set by the sweep).
+    #[command(subcommand)]
+    pub scenario: SweepScenario,
+}
+
+/// Scenarios a sweep can run.
+#[derive(Debug, Subcommand)]
+pub enum SweepScenario {
+    /// See `cinder-load fanout --help`.
+    Fanout(FanoutArgs),
+    /// See `cinder-load chat --help`.
+    Chat(ChatArgs),
+}
+
+/// `ceiling`: the bare write loop.
+#[derive(Debug, Clone, Args)]
+pub struct CeilingArgs {
+    /// Number of loopback sockets written to.
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Payload size; the frame is what a V2 broadcast of it would be.
+    #[arg(long, default_value_t = 64)]
+    pub payload_bytes: usize,
+    /// Frames per write() (1 = one frame per write; above 1 the frames go
+    /// in one writev, as a server coalescing them would).
+    #[arg(long, default_value_t = 1)]
+    pub coalesce: usize,
+    /// Writer threads (compare with the server's shard count).
+    #[arg(long, default_value_t = 1)]
+    pub writers: usize,
+    /// Length of each measured window.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Measured windows; the report gives their median.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Reader threads in the draining child process.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Write every figure as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `drain`: connect and read until told to stop (the child side of `ceiling`).
+#[derive(Debug, Clone, Args)]
+pub struct DrainArgs {
+    /// Address to connect to.
+    #[arg(long)]
+    pub addr: std::net::SocketAddr,
+    /// Number of connections.
+    #[arg(long)]
+    pub conns: usize,
+    /// Reader threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+/// A publish rate.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub enum Rate {
+    /// Closed loop: as fast as deliveries complete.
+    Max,
+    /// Messages per second.
+    PerSecond(f64),
+}
+
+/// A set of source addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrcIps(pub Vec<Ipv4Addr>);
+
+/// Parses `10s`, `250ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 10s or 250ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("unknown unit `{unit}` (use ms, s or m)")),
+    };
+    if !(seconds.is_finite() && seconds >= 0.0) {
+        return Err(format!("`{text}` is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses `max` or a positive number of messages per second.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    if text.eq_ignore_ascii_case("max") {
+        return Ok(Rate::Max);
+    }
+    match text.parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(Rate::PerSecond(rate)),
+        _ => Err(format!("`{text}` is not `max` or a positive rate")),
+    }
+}
+
+/// Parses `A-B` (an inclusive IPv4 range) or a comma-separated list.
+pub fn parse_src_ips(text: &str) -> Result<SrcIps, String> {
+    let bad = |part: &str| format!("`{part}` is not an IPv4 address");
+    let mut ips = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((from, to)) = part.split_once('-') {
+            let from: Ipv4Addr = from.trim().parse().map_err(|_| bad(from))?;
+            let to: Ipv4Addr = to.trim().parse().map_err(|_| bad(to))?;
+            let (from, to) = (u32::from(from), u32::from(to));
+            if to < from || to - from > 65_535 {
+                return Err(format!(
+                    "`{part}` is not a range of at most 65536 addresses"
+                ));
+            }
+            ips.extend((from..=to).map(Ipv4Addr::from));
+        } else {
+            ips.push(part.parse().map_err(|_| bad(part))?);
+        }
+    }
+    if ips.is_empty() {
+        return Err("no source address given".into());
+    }
+    Ok(SrcIps(ips))
+}
+
+/// Parses `key=value`.
+pub fn parse_param(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{text}` is not key=value"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations_rates_and_ranges() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3h").is_err());
+        assert_eq!(parse_rate("MAX").unwrap(), Rate::Max);
+        assert_eq!(parse_rate("100").unwrap(), Rate::PerSecond(100.0));
+        assert!(parse_rate("0").is_err());
+        let ips = parse_src_ips("127.0.0.2-127.0.0.4,127.0.0.9").unwrap();
+        assert_eq!(ips.0.len(), 4);
+        assert!(parse_src_ips("127.0.0.4-127.0.0.2").is_err());
+    }
+
+    #[test]
+    fn every_subcommand_parses_and_documents_its_options() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "cinder-load",
+            "sweep",
+            "--shards",
+            "1,2",
+            "fanout",
+            "--conns",
+            "10",
+            "--rate",
+            "50",
+        ])
+        .unwrap();
+        let Command::Sweep(sweep) = cli.command else {
+            panic!("not a sweep")
+        };
+        assert_eq!(sweep.shards, vec![1, 2]);
+    }
+}

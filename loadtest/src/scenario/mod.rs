@@ -1,0 +1,337 @@
+//! The scenarios, and the session machinery they share: starting the
+//! worker threads, waiting for joins, showing progress, and merging what the
+//! workers measured.
+
+pub mod ceiling;
+pub mod chat;
+pub mod connect;
+pub mod fanout;
+pub mod idle;
+pub mod sweep;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::ConnArgs;
+use crate::client::{ConnSpec, Target};
+use crate::clock;
+use crate::proc_stats;
+use crate::report::{Connections, Latency, Setup};
+use crate::worker::{self, ChatPlan, ClientOutcome, Shared, WindowStats, WorkerPlan, WorkerResult};
+
+/// Connections in flight, driven by worker threads.
+pub struct Session {
+    /// State shared with the workers.
+    pub shared: Arc<Shared>,
+    /// Topic names by number.
+    pub topics: Vec<Arc<str>>,
+    /// Where the clients connect.
+    pub target: Arc<Target>,
+    conns: usize,
+    setup_timeout: Duration,
+    handles: Vec<std::thread::JoinHandle<std::io::Result<WorkerResult>>>,
+    progress: Progress,
+}
+
+/// What all workers measured, merged.
+#[derive(Debug)]
+pub struct Collected {
+    /// Every connection, by global index.
+    pub clients: Vec<ClientOutcome>,
+    /// Per-window deliveries, merged over workers.
+    pub windows: Vec<WindowStats>,
+    /// Connection outcomes.
+    pub connections: Connections,
+    /// Connect + join phase figures.
+    pub setup: Setup,
+    /// Heartbeat replies.
+    pub heartbeat_replies: u64,
+    /// Unmeasured messages.
+    pub other_messages: u64,
+}
+
+impl Session {
+    /// Plans the connections of `args` over its threads and starts them.
+    pub fn start(args: &ConnArgs, chat: Option<ChatPlan>, quiet: bool) -> Result<Session, String> {
+        if args.conns == 0 || args.topics == 0 || args.threads == 0 {
+            return Err("--conns, --topics and --threads must be at least 1".into());
+        }
+        let fd_limit = crate::system::raise_fd_limit()
+            .map_err(|e| format!("cannot raise the fd limit: {e}"))?;
+        if args.conns as u64 + 64 > fd_limit {
+            return Err(format!(
+                "--conns {} needs more file descriptors than this process may open ({fd_limit}); run several cinder-load processes",
+                args.conns
+            ));
+        }
+        let target = Arc::new(Target::from_url(
+            &args.url,
+            args.serializer,
+            &args.params,
+            args.auth_token.as_deref(),
+        )?);
+        let topics: Vec<Arc<str>> = (0..args.topics)
+            .map(|t| Arc::from(format!("{}:{t}", args.topic_prefix)))
+            .collect();
+        let src_ips = args
+            .src_ips
+            .as_ref()
+            .map(|s| s.0.clone())
+            .unwrap_or_default();
+        let mut plans: Vec<WorkerPlan> = (0..args.threads)
+            .map(|_| WorkerPlan {
+                specs: Vec::new(),
+                target: target.clone(),
+                serializer: args.serializer,
+                connect_rate: args.connect_rate / args.threads as f64,
+                max_pending: args.max_pending.max(1),
+                src_ips: src_ips.clone(),
+                heartbeat: args.heartbeat,
+                chat: chat.clone(),
+            })
+            .collect();
+        for index in 0..args.conns {
+            let topic = index % args.topics;
+            plans[index % args.threads].specs.push(ConnSpec {
+                index,
+                topic,
+                topic_name: topics[topic].clone(),
+                slot: (index / args.topics) as u32,
+            });
+        }
+        let shared = Arc::new(Shared::new(args.topics));
+        let handles = worker::spawn_workers(plans, &shared);
+        let progress = Progress::start(shared.clone(), args.conns as u64, quiet);
+        Ok(Session {
+            shared,
+            topics,
+            target,
+            conns: args.conns,
+            setup_timeout: args.setup_timeout,
+            handles,
+            progress,
+        })
+    }
+
+    /// Waits until every connection has joined or failed, or the setup
+    /// timeout passes. Returns the number joined.
+    pub fn wait_joined(&self) -> u64 {
+        let deadline = clock::now_ns() + self.setup_timeout.as_nanos() as u64;
+        loop {
+            let joined = self.shared.joined.load(Ordering::Relaxed);
+            let failed = self.shared.failed.load(Ordering::Relaxed);
+            if joined + failed >= self.conns as u64 || clock::now_ns() >= deadline {
+                return joined;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sets the progress line's phase label.
+    pub fn phase(&self, label: impl Into<String>) {
+        self.progress.set_phase(label.into());
+    }
+
+    /// Waits for deliveries in flight: until `target` distinct deliveries
+    /// have arrived, nothing arrived for a second, or `timeout` passed.
+    pub fn drain(&self, target: u64, timeout: Duration) {
+        let deadline = clock::now_ns() + timeout.as_nanos() as u64;
+        let mut last = self.shared.received.load(Ordering::Relaxed);
+        let mut last_change = clock::now_ns();
+        loop {
+            let now = clock::now_ns();
+            let received = self.shared.received.load(Ordering::Relaxed);
+            if received >= target || now >= deadline || now - last_change > 1_000_000_000 {
+                return;
+            }
+            if received != last {
+                last = received;
+                last_change = now;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the workers and merges what they measured.
+    pub fn finish(self) -> Result<Collected, String> {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        self.progress.finish();
+        let mut clients = Vec::with_capacity(self.conns);
+        let mut windows: Vec<WindowStats> = Vec::new();
+        let mut handshake = worker::new_histogram();
+        let mut join = worker::new_histogram();
+        let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+        let (mut heartbeat_replies, mut other_messages) = (0, 0);
+        let (mut first_start, mut last_upgraded, mut last_joined) = (u64::MAX, 0u64, 0u64);
+        for handle in self.handles {
+            let result = handle
+                .join()
+                .map_err(|_| "a worker thread panicked".to_string())?
+                .map_err(|e| format!("worker event loop failed: {e}"))?;
+            clients.extend(result.clients);
+            if windows.len() < result.windows.len() {
+                windows.resize_with(result.windows.len(), WindowStats::default);
+            }
+            for (merged, w) in windows.iter_mut().zip(&result.windows) {
+                merged.received += w.received;
+                merged.last_rx_ns = merged.last_rx_ns.max(w.last_rx_ns);
+                merged.latency.add(&w.latency).map_err(|e| e.to_string())?;
+            }
+            handshake
+                .add(&result.handshake)
+                .map_err(|e| e.to_string())?;
+            join.add(&result.join).map_err(|e| e.to_string())?;
+            for (reason, n) in result.failures {
+                *failures.entry(reason).or_insert(0) += n;
+            }
+            heartbeat_replies += result.heartbeat_replies;
+            other_messages += result.other_messages;
+            first_start = first_start.min(result.first_start_ns);
+            last_upgraded = last_upgraded.max(result.last_upgraded_ns);
+            last_joined = last_joined.max(result.last_joined_ns);
+        }
+        clients.sort_by_key(|c| c.index);
+        let shared = &self.shared;
+        let connections = Connections {
+            requested: self.conns as u64,
+            upgraded: shared.upgraded.load(Ordering::Relaxed),
+            joined: shared.joined.load(Ordering::Relaxed),
+            failed_before_join: shared.failed.load(Ordering::Relaxed),
+            dropped_after_join: shared.dropped.load(Ordering::Relaxed),
+            failures,
+        };
+        let per_sec = |count: u64, end: u64| {
+            let seconds = end.saturating_sub(first_start) as f64 / 1e9;
+            if seconds > 0.0 {
+                count as f64 / seconds
+            } else {
+                0.0
+            }
+        };
+        let setup = Setup {
+            seconds: last_joined.saturating_sub(first_start) as f64 / 1e9,
+            handshakes_per_sec: per_sec(connections.upgraded, last_upgraded),
+            joins_per_sec: per_sec(connections.joined, last_joined),
+            handshake_latency: Latency::from_histogram(&handshake),
+            join_latency: Latency::from_histogram(&join),
+        };
+        Ok(Collected {
+            clients,
+            windows,
+            connections,
+            setup,
+            heartbeat_replies,
+            other_messages,
+        })
+    }
+}
+
+/// Merges windows' histograms.
+pub fn merged_latency(stats: Option<&WindowStats>) -> Latency {
+    stats.map_or_else(Latency::default, |s| Latency::from_histogram(&s.latency))
+}
+
+/// A histogram-free snapshot of a window's deliveries.
+pub fn window_figures(stats: Option<&WindowStats>, started_ns: u64) -> (u64, f64) {
+    match stats {
+        Some(s) if s.received > 0 => {
+            let seconds = s.last_rx_ns.saturating_sub(started_ns) as f64 / 1e9;
+            (
+                s.received,
+                if seconds > 0.0 {
+                    s.received as f64 / seconds
+                } else {
+                    0.0
+                },
+            )
+        }
+        _ => (0, 0.0),
+    }
+}
+
+/// Reads the server's CPU and RSS, if a PID was given.
+pub fn server_sample(pid: Option<u32>) -> Option<proc_stats::ProcSample> {
+    pid.and_then(|pid| proc_stats::sample(pid).ok())
+}
+
+/// The progress line: a spinner with live counters, on stderr.
+struct Progress {
+    bar: Option<ProgressBar>,
+    done: Arc<AtomicBool>,
+    phase: Arc<std::sync::Mutex<String>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(shared: Arc<Shared>, conns: u64, quiet: bool) -> Progress {
+        let done = Arc::new(AtomicBool::new(false));
+        let phase = Arc::new(std::sync::Mutex::new(String::from("connecting")));
+        if quiet {
+            return Progress {
+                bar: None,
+                done,
+                phase,
+                thread: None,
+            };
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").expect("valid template"),
+        );
+        let (bar2, done2, phase2) = (bar.clone(), done.clone(), phase.clone());
+        let thread = std::thread::spawn(move || {
+            let mut last = (clock::now_ns(), 0u64);
+            while !done2.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                let now = clock::now_ns();
+                let received = shared.received.load(Ordering::Relaxed);
+                let rate = (received - last.1) as f64 / ((now - last.0) as f64 / 1e9);
+                last = (now, received);
+                let label = phase2.lock().map(|p| p.clone()).unwrap_or_default();
+                bar2.set_message(format!(
+                    "{label} | joined {}/{conns} failed {} dropped {} | received {received} ({rate:.0}/s)",
+                    shared.joined.load(Ordering::Relaxed),
+                    shared.failed.load(Ordering::Relaxed),
+                    shared.dropped.load(Ordering::Relaxed),
+                ));
+                bar2.tick();
+            }
+        });
+        Progress {
+            bar: Some(bar),
+            done,
+            phase,
+            thread: Some(thread),
+        }
+    }
+
+    fn set_phase(&self, label: String) {
+        if let Ok(mut phase) = self.phase.lock() {
+            *phase = label;
+        }
+    }
+
+    fn finish(&self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Histogram type re-exported for scenario code.
+pub type Hist = Histogram<u64>;
