@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use crate::cli::ChatArgs;
 use crate::report::{Median, Report, Totals, WindowReport};
-use crate::scenario::fanout::memory;
-use crate::scenario::{merged_latency, server_sample, window_figures, Collected, Session};
+use crate::scenario::{
+    base_report, complete_report, merged_latency, server_sample, window_figures, Collected, Session,
+};
 use crate::worker::ChatPlan;
 use crate::{clock, proc_stats};
 
@@ -87,33 +88,20 @@ pub fn run(args: &ChatArgs) -> Result<Report, String> {
         }
     }
     let mut report = Report {
-        scenario: "chat".into(),
-        url: args.conn.url.clone(),
-        serializer: args.conn.serializer.vsn().into(),
-        conns: args.conn.conns,
-        topics: args.conn.topics,
-        threads: args.conn.threads,
         payload_bytes: args.measure.payload_bytes,
         rate: format!("{} per client", args.rate),
         batch: 1,
         median: Some(Median::of(&windows)),
         windows,
-        ..Report::default()
+        ..base_report("chat", &args.conn)
     };
     report.totals = settle(&collected, args.conn.topics, first_push_ns);
-    if let Some(pid) = pid {
-        report.server = Some(memory(
-            pid,
-            rss_before,
-            rss_joined,
-            rss_end,
-            collected.connections.joined,
-        ));
-    }
-    report.connections = collected.connections;
-    report.setup = collected.setup;
-    report.heartbeat_replies = collected.heartbeat_replies;
-    report.other_messages = collected.other_messages;
+    complete_report(
+        &mut report,
+        collected,
+        pid,
+        [rss_before, rss_joined, rss_end],
+    );
     Ok(report)
 }
 

@@ -8,7 +8,9 @@ use crate::publisher::{
     self, HttpPublisher, MessageShape, Publisher, PushPublisher, WindowPlan, WindowPublished,
 };
 use crate::report::{Median, Report, ServerMemory, Totals, WindowReport};
-use crate::scenario::{merged_latency, server_sample, window_figures, Collected, Session};
+use crate::scenario::{
+    base_report, complete_report, merged_latency, server_sample, window_figures, Collected, Session,
+};
 
 /// A window as the main thread saw it; latency and deliveries come from the
 /// workers when the run ends.
@@ -120,39 +122,26 @@ pub fn run(args: &FanoutArgs) -> Result<Report, String> {
     let collected = session.finish()?;
 
     let mut report = Report {
-        scenario: "fanout".into(),
-        url: args.conn.url.clone(),
         publish: args.publish.clone(),
-        serializer: args.conn.serializer.vsn().into(),
-        conns: args.conn.conns,
-        topics: args.conn.topics,
-        threads: args.conn.threads,
         payload_bytes: args.measure.payload_bytes,
         rate: match args.rate {
             Rate::Max => "max".into(),
             Rate::PerSecond(r) => r.to_string(),
         },
         batch: args.batch,
-        ..Report::default()
+        ..base_report("fanout", &args.conn)
     };
     let windows: Vec<WindowReport> = runs.iter().map(|r| window_report(r, &collected)).collect();
     report.median = Some(Median::of(&windows[..main_windows]));
     report.latency_at = windows[main_windows..].to_vec();
     report.windows = windows[..main_windows].to_vec();
     report.totals = settle(&collected, &runs, &next_seq, first_publish_ns);
-    if let Some(pid) = pid {
-        report.server = Some(memory(
-            pid,
-            rss_before,
-            rss_joined,
-            rss_end,
-            collected.connections.joined,
-        ));
-    }
-    report.connections = collected.connections;
-    report.setup = collected.setup;
-    report.heartbeat_replies = collected.heartbeat_replies;
-    report.other_messages = collected.other_messages;
+    complete_report(
+        &mut report,
+        collected,
+        pid,
+        [rss_before, rss_joined, rss_end],
+    );
     Ok(report)
 }
 

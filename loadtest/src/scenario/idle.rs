@@ -3,8 +3,7 @@
 
 use crate::cli::IdleArgs;
 use crate::report::Report;
-use crate::scenario::fanout::memory;
-use crate::scenario::{server_sample, Session};
+use crate::scenario::{base_report, complete_report, server_sample, Session};
 
 /// Connects and joins everything, holds it for `--hold`, and reports the
 /// server's RSS before, at full join and at the end.
@@ -21,27 +20,12 @@ pub fn run(args: &IdleArgs) -> Result<Report, String> {
     std::thread::sleep(args.hold);
     let rss_end = server_sample(pid);
     let collected = session.finish()?;
-    let mut report = Report {
-        scenario: "idle".into(),
-        url: args.conn.url.clone(),
-        serializer: args.conn.serializer.vsn().into(),
-        conns: args.conn.conns,
-        topics: args.conn.topics,
-        threads: args.conn.threads,
-        ..Report::default()
-    };
-    if let Some(pid) = pid {
-        report.server = Some(memory(
-            pid,
-            rss_before,
-            rss_joined,
-            rss_end,
-            collected.connections.joined,
-        ));
-    }
-    report.connections = collected.connections;
-    report.setup = collected.setup;
-    report.heartbeat_replies = collected.heartbeat_replies;
-    report.other_messages = collected.other_messages;
+    let mut report = base_report("idle", &args.conn);
+    complete_report(
+        &mut report,
+        collected,
+        pid,
+        [rss_before, rss_joined, rss_end],
+    );
     Ok(report)
 }

@@ -14,14 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::ConnArgs;
 use crate::client::{ConnSpec, Target};
 use crate::clock;
 use crate::proc_stats;
-use crate::report::{Connections, Latency, Setup};
+use crate::report::{Connections, Latency, Report, Setup};
 use crate::worker::{self, ChatPlan, ClientOutcome, Shared, WindowStats, WorkerPlan, WorkerResult};
 
 /// Connections in flight, driven by worker threads.
@@ -333,5 +332,42 @@ impl Drop for Progress {
     }
 }
 
-/// Histogram type re-exported for scenario code.
-pub type Hist = Histogram<u64>;
+/// Server readings taken before connecting, once all joined, and at the end.
+pub type MemorySamples = [Option<proc_stats::ProcSample>; 3];
+
+/// A report with the connection settings of `conn` filled in.
+pub fn base_report(scenario: &str, conn: &ConnArgs) -> Report {
+    Report {
+        scenario: scenario.into(),
+        url: conn.url.clone(),
+        serializer: conn.serializer.vsn().into(),
+        conns: conn.conns,
+        topics: conn.topics,
+        threads: conn.threads,
+        ..Report::default()
+    }
+}
+
+/// Moves the session-wide figures into `report`, with the server's memory
+/// when its PID was given.
+pub fn complete_report(
+    report: &mut Report,
+    collected: Collected,
+    pid: Option<u32>,
+    samples: MemorySamples,
+) {
+    if let Some(pid) = pid {
+        let [before, joined, end] = samples;
+        report.server = Some(fanout::memory(
+            pid,
+            before,
+            joined,
+            end,
+            collected.connections.joined,
+        ));
+    }
+    report.connections = collected.connections;
+    report.setup = collected.setup;
+    report.heartbeat_replies = collected.heartbeat_replies;
+    report.other_messages = collected.other_messages;
+}
