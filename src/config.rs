@@ -111,6 +111,10 @@ pub struct ApiConfig {
     pub max_body_size: usize,
     /// Most messages in one `{"messages":[...]}` batch.
     pub max_batch: usize,
+    /// When set, every `/api/*` request must carry
+    /// `Authorization: Bearer <api_key>`. Without it the API is open, which
+    /// is only allowed on a loopback bind.
+    pub api_key: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -142,6 +146,7 @@ impl Default for ApiConfig {
         ApiConfig {
             max_body_size: 8 * 1024 * 1024,
             max_batch: 1000,
+            api_key: None,
         }
     }
 }
@@ -281,6 +286,22 @@ impl Config {
                 "must be at least 4096",
             ));
         }
+        match &self.api.api_key {
+            Some(key) if key.trim().is_empty() => {
+                return Err(ConfigError::invalid("api.api_key", "must not be empty"));
+            }
+            None if !self.server.bind.ip().is_loopback() => {
+                return Err(ConfigError::invalid(
+                    "api.api_key",
+                    format!(
+                        "is required when server.bind ({}) is not a loopback address: \
+                         anyone who can reach the port could publish; set api_key or bind to 127.0.0.1",
+                        self.server.bind
+                    ),
+                ));
+            }
+            _ => {}
+        }
         if self.api.max_batch == 0 {
             return Err(ConfigError::invalid("api.max_batch", "must be at least 1"));
         }
@@ -361,6 +382,19 @@ mod tests {
         let (_, route) = config.routes.find("room:lobby").unwrap();
         assert_eq!(route.client_events, ClientEventPolicy::Broadcast);
         assert!(config.routes.find("other").is_none());
+    }
+
+    #[test]
+    fn an_open_api_is_refused_off_loopback() {
+        let err = Config::parse("[server]\nbind = \"0.0.0.0:4000\"\n", "test").unwrap_err();
+        assert!(err.to_string().contains("api.api_key"), "{err}");
+        let ok = "[server]\nbind = \"0.0.0.0:4000\"\n[api]\napi_key = \"k\"\n";
+        assert_eq!(
+            Config::parse(ok, "test").unwrap().api.api_key.as_deref(),
+            Some("k")
+        );
+        let err = Config::parse("[api]\napi_key = \" \"\n", "test").unwrap_err();
+        assert!(err.to_string().contains("api.api_key"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,30 @@ pub fn route(method: &str, path: &str) -> Option<Endpoint> {
     }
 }
 
+/// Whether a request may use `/api/*`: always when no key is configured,
+/// otherwise only with `Authorization: Bearer <key>`. The comparison takes
+/// the same time wherever the first difference is, so the key cannot be
+/// guessed byte by byte from response times.
+pub fn authorized(api_key: Option<&str>, authorization: Option<&str>) -> bool {
+    let Some(key) = api_key else {
+        return true;
+    };
+    let Some(presented) = authorization.and_then(|value| {
+        let (scheme, token) = value.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }) else {
+        return false;
+    };
+    let (a, b) = (key.as_bytes(), presented.as_bytes());
+    let mut difference = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        difference |= usize::from(x ^ y);
+    }
+    difference == 0
+}
+
 /// Why a request that [`route`] refused was refused.
 pub fn reply_for_unknown(_method: &str, path: &str) -> ApiReply {
     match path {
@@ -176,6 +200,18 @@ fn to_broadcast(message: MessageBody<'_>) -> Result<Broadcast, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_key_needs_the_exact_bearer_token() {
+        assert!(authorized(None, None));
+        assert!(authorized(Some("k3y"), Some("Bearer k3y")));
+        assert!(authorized(Some("k3y"), Some("bearer  k3y ")));
+        assert!(!authorized(Some("k3y"), None));
+        assert!(!authorized(Some("k3y"), Some("Bearer k3")));
+        assert!(!authorized(Some("k3y"), Some("Bearer k3yy")));
+        assert!(!authorized(Some("k3y"), Some("Basic k3y")));
+        assert!(!authorized(Some("k3y"), Some("k3y")));
+    }
 
     #[test]
     fn single_and_batch() {

@@ -66,6 +66,30 @@ impl Shard {
             return self.upgrade(key, &request);
         }
         let mut out = Vec::new();
+        if request.path.starts_with("/api/")
+            && !api::authorized(
+                self.config.api.api_key.as_deref(),
+                request.header("authorization"),
+            )
+        {
+            let body = br#"{"error":"unauthorized","reason":"missing or wrong API key (Authorization: Bearer <api_key>)"}"#;
+            write_response(
+                &mut out,
+                401,
+                &[
+                    ("content-type", "application/json"),
+                    ("www-authenticate", "Bearer"),
+                ],
+                body,
+                keep_alive,
+            );
+            self.send_bytes(key, &out);
+            return if keep_alive {
+                Handled::KeepAlive
+            } else {
+                Handled::Close
+            };
+        }
         match api::route(&request.method, &request.path) {
             Some(api::Endpoint::Broadcast) => {
                 match api::parse_broadcasts(&request.body, self.config.api.max_batch) {
