@@ -9,11 +9,13 @@
 //! event loops.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::Verifier;
+use crate::connect::ConnectPolicy;
 use crate::routes::{ClientEventPolicy, JoinPolicy, Pattern, Route, Routes};
 
 /// A configuration problem, naming the key and what is wrong with it.
@@ -65,6 +67,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Channel routes, first match wins.
     pub routes: Routes,
+    /// Who may connect, built from `[socket.auth]` (keys loaded once).
+    pub connect: ConnectPolicy,
 }
 
 /// `[server]`: where to listen and how many event loops to run.
@@ -101,6 +105,91 @@ pub struct SocketConfig {
     /// Unsent bytes one connection may have queued before it is closed as a
     /// slow consumer (1008). Bounds memory whatever clients do.
     pub send_buffer_limit: usize,
+    /// `[socket.auth]`: who may connect.
+    pub auth: AuthConfig,
+}
+
+/// `[socket.auth]`: the connect policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none` (anyone may connect) or `jwt` (a valid token is required).
+    pub mode: AuthMode,
+    /// HMAC secret for HS256 (HS384/HS512 with `algorithm`).
+    pub secret: Option<String>,
+    /// PEM public key for RS256 or ES256, chosen by the key's type.
+    pub public_key_file: Option<PathBuf>,
+    /// Overrides the algorithm within the key's family (e.g. `RS512`).
+    pub algorithm: Option<String>,
+    /// The connect parameter carrying the token; the auth-token subprotocol
+    /// (`authToken` in the JS client) is used when the parameter is absent.
+    pub param: String,
+}
+
+/// How connections are admitted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Anyone may connect.
+    #[default]
+    None,
+    /// A JWT signed with the configured key is required.
+    Jwt,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+            secret: None,
+            public_key_file: None,
+            algorithm: None,
+            param: "token".to_string(),
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Builds the connect policy, loading keys; errors name the key.
+    fn policy(&self) -> Result<ConnectPolicy, ConfigError> {
+        let verifier = match (self.mode, &self.secret, &self.public_key_file) {
+            (AuthMode::None, _, _) => return Ok(ConnectPolicy::Open),
+            (AuthMode::Jwt, Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "socket.auth",
+                    "set either secret or public_key_file, not both",
+                ))
+            }
+            (AuthMode::Jwt, None, None) => {
+                return Err(ConfigError::invalid(
+                    "socket.auth",
+                    "mode = \"jwt\" needs secret (HS256) or public_key_file (RS256/ES256)",
+                ))
+            }
+            (AuthMode::Jwt, Some(secret), None) => {
+                if secret.len() < 8 {
+                    return Err(ConfigError::invalid(
+                        "socket.auth.secret",
+                        "must be at least 8 bytes",
+                    ));
+                }
+                Verifier::from_secret(secret, self.algorithm.as_deref())
+                    .map_err(|e| ConfigError::invalid("socket.auth.algorithm", e.to_string()))?
+            }
+            (AuthMode::Jwt, None, Some(path)) => {
+                Verifier::from_public_key_file(path, self.algorithm.as_deref()).map_err(|e| {
+                    ConfigError::invalid("socket.auth.public_key_file", e.to_string())
+                })?
+            }
+        };
+        if self.param.is_empty() {
+            return Err(ConfigError::invalid(
+                "socket.auth.param",
+                "must not be empty",
+            ));
+        }
+        Ok(ConnectPolicy::jwt(verifier, self.param.clone()))
+    }
 }
 
 /// `[api]`: the HTTP publish API on the same port.
@@ -137,6 +226,7 @@ impl Default for SocketConfig {
             max_message_size: 1024 * 1024,
             max_channels: 100,
             send_buffer_limit: 1024 * 1024,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -158,6 +248,7 @@ impl Default for Config {
             socket: SocketConfig::default(),
             api: ApiConfig::default(),
             routes: Routes::open_default(),
+            connect: ConnectPolicy::Open,
         }
     }
 }
@@ -214,11 +305,13 @@ impl Config {
             }
             Routes::new(routes)
         };
+        let connect = file.socket.auth.policy()?;
         let config = Config {
             server: file.server,
             socket: file.socket,
             api: file.api,
             routes,
+            connect,
         };
         config.validate()?;
         Ok(config)

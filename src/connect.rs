@@ -7,6 +7,9 @@
 //! which is Phoenix's order (spec §2.4).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::auth::{TokenError, Verifier};
 
 /// What a client presented when connecting.
 #[derive(Debug)]
@@ -22,8 +25,11 @@ pub struct ConnectRequest<'a> {
 /// Who the connection is, once accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
-    /// The user the connection belongs to, when the policy knows it.
+    /// The user the connection belongs to, when the policy knows it
+    /// (the token's `sub`).
     pub user_id: Option<String>,
+    /// Topics or patterns the token's `channels` claim allows.
+    pub channels: Option<Vec<String>>,
 }
 
 /// The outcome of a connect decision.
@@ -41,27 +47,111 @@ pub enum ConnectDecision {
 }
 
 /// How connections are admitted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub enum ConnectPolicy {
-    /// Everyone may connect; identity is anonymous. The default on a loopback
-    /// bind, where only local processes can reach the server.
+    /// Everyone may connect; identity is anonymous.
     #[default]
     Open,
+    /// A JWT is required: from the connect parameter `param`, or else from
+    /// the auth-token subprotocol.
+    Jwt(Arc<JwtPolicy>),
+}
+
+/// The `jwt` policy's settings.
+#[derive(Debug)]
+pub struct JwtPolicy {
+    verifier: Verifier,
+    param: String,
 }
 
 impl ConnectPolicy {
+    /// The `jwt` policy with `verifier`, reading the token from `param`.
+    pub fn jwt(verifier: Verifier, param: String) -> ConnectPolicy {
+        ConnectPolicy::Jwt(Arc::new(JwtPolicy { verifier, param }))
+    }
+
     /// Decides whether `request` may connect.
     pub fn decide(&self, request: &ConnectRequest<'_>) -> ConnectDecision {
         match self {
-            ConnectPolicy::Open => {
-                tracing::trace!(
-                    peer = %request.peer,
-                    params = request.params.len(),
-                    has_token = request.auth_token.is_some(),
-                    "connect accepted (open policy)"
-                );
-                ConnectDecision::Accept(Identity::default())
+            ConnectPolicy::Open => ConnectDecision::Accept(Identity::default()),
+            ConnectPolicy::Jwt(policy) => {
+                // The last value wins, as with every connect param.
+                let token = request
+                    .params
+                    .iter()
+                    .rev()
+                    .find(|(name, _)| *name == policy.param)
+                    .map(|(_, value)| value.as_str())
+                    .or(request.auth_token)
+                    .ok_or(TokenError::Missing);
+                match token.and_then(|t| policy.verifier.verify(t)) {
+                    Ok(claims) => ConnectDecision::Accept(Identity {
+                        user_id: Some(claims.sub),
+                        channels: claims.channels.map(|c| c.entries()),
+                    }),
+                    Err(error) => {
+                        tracing::debug!(peer = %request.peer, %error, "connect refused");
+                        ConnectDecision::Refuse {
+                            status: 403,
+                            reason: error.to_string(),
+                        }
+                    }
+                }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{mint_hs256, now_secs, Claims};
+
+    fn request<'a>(
+        params: &'a [(String, String)],
+        auth_token: Option<&'a str>,
+    ) -> ConnectRequest<'a> {
+        ConnectRequest {
+            params,
+            auth_token,
+            peer: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn jwt_policy_reads_the_param_then_the_subprotocol() {
+        let policy = ConnectPolicy::jwt(
+            Verifier::from_secret("dev-secret", None).unwrap(),
+            "token".into(),
+        );
+        let claims = Claims {
+            sub: "alice".into(),
+            channels: None,
+            exp: Some(now_secs() + 60),
+            nbf: None,
+            iat: None,
+        };
+        let token = mint_hs256("dev-secret", &claims);
+        let alice = ConnectDecision::Accept(Identity {
+            user_id: Some("alice".into()),
+            channels: None,
+        });
+        let params = vec![("token".to_string(), token.clone())];
+        assert_eq!(policy.decide(&request(&params, None)), alice);
+        assert_eq!(policy.decide(&request(&[], Some(&token))), alice);
+        let refused = |reason: &str| ConnectDecision::Refuse {
+            status: 403,
+            reason: reason.into(),
+        };
+        assert_eq!(policy.decide(&request(&[], None)), refused("missing token"));
+        let bad = vec![("token".to_string(), "x.y.z".to_string())];
+        assert_eq!(
+            policy.decide(&request(&bad, Some(&token))),
+            refused("malformed token")
+        );
+        assert_eq!(
+            ConnectPolicy::Open.decide(&request(&[], None)),
+            ConnectDecision::Accept(Identity::default())
+        );
     }
 }

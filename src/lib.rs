@@ -13,6 +13,7 @@
 //! | [`api`] | the HTTP publish API, health and metrics endpoints |
 //! | [`routes`] | `[[channel]]` routes: topic patterns and their policies |
 //! | [`connect`] | who may connect (the stand-in for Phoenix's `connect/3`) |
+//! | [`auth`] | JSON Web Tokens: verification for the `jwt` connect policy, minting for `cinder token` |
 //! | [`config`] | the TOML configuration, defaults and validation |
 //! | [`metrics`] | per-shard counters |
 //!
@@ -21,6 +22,7 @@
 //! `docs/architecture.md`.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod connect;
 pub mod fanout;

@@ -33,6 +33,26 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Mint an HS256 JWT for the `jwt` connect policy (for development and
+    /// tests; production tokens come from your application).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct TokenArgs {
+    /// The HMAC secret (`socket.auth.secret` of the server).
+    #[arg(long)]
+    secret: String,
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    sub: String,
+    /// Comma-separated topics or patterns for the `channels` claim
+    /// (e.g. 'room:*,user:alice').
+    #[arg(long)]
+    channels: Option<String>,
+    /// Lifetime in seconds (`exp` claim).
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,7 +93,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Token(args) => token(args),
     }
+}
+
+fn token(args: TokenArgs) -> ExitCode {
+    if args.secret.len() < 8 {
+        eprintln!("cinder: --secret must be at least 8 bytes (the server refuses shorter secrets)");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let now = cinder::auth::now_secs();
+    let claims = cinder::auth::Claims {
+        sub: args.sub,
+        channels: args.channels.map(|list| {
+            cinder::auth::ChannelsClaim::List(cinder::auth::ChannelsClaim::Joined(list).entries())
+        }),
+        exp: Some(now + args.ttl),
+        nbf: None,
+        iat: Some(now),
+    };
+    println!("{}", cinder::auth::mint_hs256(&args.secret, &claims));
+    ExitCode::SUCCESS
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use crate::connect::Identity;
 use crate::protocol::channels::ChannelSet;
 use crate::protocol::message::Serializer;
 use crate::shard::outbox::Outbox;
@@ -26,6 +27,8 @@ pub struct WebSocketSession {
     pub serializer: Serializer,
     /// The Phoenix channels joined on this socket.
     pub channels: ChannelSet,
+    /// Who the connect policy said this is.
+    pub identity: Identity,
 }
 
 /// Where a connection is in its life.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::connection::{Phase, WebSocketSession};
 use super::Shard;
 use crate::api::{self, ApiReply};
-use crate::connect::{ConnectDecision, ConnectPolicy, ConnectRequest};
+use crate::connect::{ConnectDecision, ConnectRequest};
 use crate::metrics::ShardMetrics;
 use crate::protocol::channels::ChannelSet;
 use crate::protocol::vsn::negotiate;
@@ -186,9 +186,10 @@ impl Shard {
             auth_token: subprotocols.auth_token.as_deref(),
             peer,
         };
-        if let ConnectDecision::Refuse { status, reason } = ConnectPolicy::Open.decide(&connect) {
-            return refuse(self, status, &reason);
-        }
+        let identity = match self.config.connect.decide(&connect) {
+            ConnectDecision::Accept(identity) => identity,
+            ConnectDecision::Refuse { status, reason } => return refuse(self, status, &reason),
+        };
         let accept_key = match validate_upgrade(request) {
             Ok(k) => k,
             Err(error) => return refuse(self, error.status(), &error.to_string()),
@@ -200,6 +201,7 @@ impl Shard {
             decoder: FrameDecoder::new(self.config.socket.max_message_size),
             serializer,
             channels: ChannelSet::new(self.config.socket.max_channels),
+            identity,
         };
         if let Some(conn) = self.connections.get_mut(key) {
             conn.phase = Phase::WebSocket(session);

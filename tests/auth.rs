@@ -1,0 +1,143 @@
+//! The `jwt` connect policy over real sockets: tokens in the connect params
+//! and in the auth-token subprotocol, and every refusal answered with 403.
+
+mod common;
+
+use base64::Engine as _;
+use cinder::auth::{mint_hs256, now_secs, Claims};
+use common::{Client, TestServer};
+use tungstenite::client::IntoClientRequest;
+
+const JWT: &str = "[socket.auth]\nmode = \"jwt\"\nsecret = \"dev-secret\"\n";
+
+fn token(secret: &str, sub: &str, exp_offset: i64) -> String {
+    let claims = Claims {
+        sub: sub.into(),
+        channels: None,
+        exp: Some((now_secs() as i64 + exp_offset) as u64),
+        nbf: None,
+        iat: None,
+    };
+    mint_hs256(secret, &claims)
+}
+
+/// Sends an upgrade request and returns (status, body).
+fn upgrade(server: &TestServer, query: &str, extra: &str) -> (u16, String) {
+    server.http(&format!(
+        "GET /socket/websocket?vsn=2.0.0{query} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}Connection: close\r\n\r\n"
+    ))
+}
+
+#[test]
+fn a_valid_token_in_the_params_connects_and_joins() {
+    let server = TestServer::start(JWT);
+    let url = format!(
+        "{}&token={}",
+        server.ws_url(Some("2.0.0")),
+        token("dev-secret", "alice", 60)
+    );
+    let mut client = Client::connect(&url);
+    client.join("room:1", "1");
+}
+
+#[test]
+fn a_valid_token_in_the_auth_token_subprotocol_connects() {
+    let server = TestServer::start(JWT);
+    let encoded =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token("dev-secret", "bob", 60));
+    let mut request = server.ws_url(Some("2.0.0")).into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("phoenix, base64url.bearer.phx.{encoded}")
+            .parse()
+            .unwrap(),
+    );
+    let mut client = Client::connect_request(request);
+    client.join("room:2", "1");
+}
+
+#[test]
+fn missing_expired_forged_and_alg_none_tokens_get_403() {
+    let server = TestServer::start(JWT);
+    let (status, body) = upgrade(&server, "", "");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("missing token"), "{body}");
+    let cases = [
+        (token("dev-secret", "a", -60), "token expired"),
+        (token("wrong-secret", "a", 60), "invalid token signature"),
+        ("garbage".to_string(), "malformed token"),
+    ];
+    for (token, reason) in cases {
+        let (status, body) = upgrade(&server, &format!("&token={token}"), "");
+        assert_eq!(status, 403, "{reason}: {body}");
+        assert!(body.contains(reason), "{reason}: {body}");
+    }
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let none = format!(
+        "{}.{}.",
+        b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(format!(r#"{{"sub":"mallory","exp":{}}}"#, now_secs() + 60))
+    );
+    let (status, body) = upgrade(&server, &format!("&token={none}"), "");
+    assert_eq!(status, 403, "{body}");
+    // The server stays healthy for everyone else.
+    let (status, _) = upgrade(
+        &server,
+        &format!("&token={}", token("dev-secret", "ok", 60)),
+        "",
+    );
+    assert_eq!(status, 101);
+}
+
+#[test]
+fn jwt_config_errors_name_the_key() {
+    for (text, key) in [
+        ("[socket.auth]\nmode = \"jwt\"\n", "socket.auth"),
+        (
+            "[socket.auth]\nmode = \"jwt\"\nsecret = \"short\"\n",
+            "socket.auth.secret",
+        ),
+        (
+            "[socket.auth]\nmode = \"jwt\"\npublic_key_file = \"/nonexistent.pem\"\n",
+            "socket.auth.public_key_file",
+        ),
+        (
+            "[socket.auth]\nmode = \"jwt\"\nsecret = \"long-enough\"\nalgorithm = \"RS256\"\n",
+            "socket.auth.algorithm",
+        ),
+    ] {
+        let err = cinder::Config::parse(text, "test").unwrap_err();
+        assert!(err.to_string().contains(key), "{text}: {err}");
+    }
+}
+
+#[test]
+fn cinder_token_mints_a_token_the_server_accepts() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cinder"))
+        .args([
+            "token",
+            "--secret",
+            "dev-secret",
+            "--sub",
+            "alice",
+            "--channels",
+            "room:*,user:alice",
+        ])
+        .output()
+        .expect("cinder token runs");
+    assert!(output.status.success());
+    let minted = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    let claims = cinder::auth::Verifier::from_secret("dev-secret", None)
+        .unwrap()
+        .verify(&minted)
+        .unwrap();
+    assert_eq!(claims.sub, "alice");
+    assert_eq!(
+        claims.channels.unwrap().entries(),
+        vec!["room:*", "user:alice"]
+    );
+    let server = TestServer::start(JWT);
+    let url = format!("{}&token={minted}", server.ws_url(Some("2.0.0")));
+    Client::connect(&url).join("room:4", "1");
+}
