@@ -306,6 +306,14 @@ impl Config {
             Routes::new(routes)
         };
         let connect = file.socket.auth.policy()?;
+        if matches!(connect, ConnectPolicy::Open) {
+            if let Some(i) = routes.iter().position(|r| r.needs_identity()) {
+                return Err(ConfigError::invalid(
+                    format!("channel[{i}]"),
+                    "a {user_id} pattern or join = \"claims\" needs an identity: set socket.auth.mode = \"jwt\"",
+                ));
+            }
+        }
         let config = Config {
             server: file.server,
             socket: file.socket,

@@ -8,6 +8,8 @@
 
 use serde::Deserialize;
 
+use crate::connect::Identity;
+
 /// The topic of heartbeats; never routable, as in Phoenix.
 pub const HEARTBEAT_TOPIC: &str = "phoenix";
 
@@ -20,13 +22,37 @@ pub enum Pattern {
     Prefix(String),
     /// `"*"`: every topic.
     Any,
+    /// `"user:{user_id}"`: topics of this shape, where the `{user_id}` part
+    /// must be the joining connection's own user id.
+    Owned {
+        /// Text before `{user_id}`.
+        prefix: String,
+        /// Text after `{user_id}`.
+        suffix: String,
+    },
 }
+
+/// The placeholder a pattern may hold once.
+pub const USER_ID_PLACEHOLDER: &str = "{user_id}";
 
 impl Pattern {
     /// Parses a pattern as written in the config; `*` is allowed only at the end.
     pub fn parse(text: &str) -> Result<Pattern, String> {
         if text.is_empty() {
             return Err("must not be empty".to_string());
+        }
+        if let Some(at) = text.find(USER_ID_PLACEHOLDER) {
+            let (prefix, rest) = text.split_at(at);
+            let suffix = &rest[USER_ID_PLACEHOLDER.len()..];
+            if suffix.contains(USER_ID_PLACEHOLDER) || text.contains('*') {
+                return Err(format!(
+                    "{text:?}: {USER_ID_PLACEHOLDER} may appear once and not with '*'"
+                ));
+            }
+            return Ok(Pattern::Owned {
+                prefix: prefix.to_string(),
+                suffix: suffix.to_string(),
+            });
         }
         match text.find('*') {
             None => Ok(Pattern::Exact(text.to_string())),
@@ -47,6 +73,28 @@ impl Pattern {
             Pattern::Exact(name) => name == topic,
             Pattern::Prefix(prefix) => topic.starts_with(prefix.as_str()),
             Pattern::Any => true,
+            Pattern::Owned { .. } => self.owner(topic).is_some(),
+        }
+    }
+
+    /// For an `Owned` pattern, the part of `topic` standing for `{user_id}`
+    /// (never empty); `None` for other patterns or topics that do not fit.
+    pub fn owner<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let Pattern::Owned { prefix, suffix } = self else {
+            return None;
+        };
+        let owner = topic
+            .strip_prefix(prefix.as_str())?
+            .strip_suffix(suffix.as_str())?;
+        (!owner.is_empty()).then_some(owner)
+    }
+
+    /// Whether `identity` may use `topic` under this pattern: it matches, and
+    /// an `Owned` pattern's placeholder part is the identity's own user id.
+    pub fn allows(&self, topic: &str, identity: &Identity) -> bool {
+        match self.owner(topic) {
+            Some(owner) => identity.user_id.as_deref() == Some(owner),
+            None => !matches!(self, Pattern::Owned { .. }) && self.matches(topic),
         }
     }
 }
@@ -59,6 +107,9 @@ pub enum JoinPolicy {
     Public,
     /// Nobody may join: `{"reason":"unauthorized"}`.
     Deny,
+    /// The connection's token must list the topic (or a pattern matching
+    /// it) in its `channels` claim.
+    Claims,
 }
 
 /// What a client event (any event other than join/leave/heartbeat) on a
@@ -85,6 +136,30 @@ pub struct Route {
     pub join: JoinPolicy,
     /// What client events do.
     pub client_events: ClientEventPolicy,
+}
+
+impl Route {
+    /// Whether `identity` may join `topic`, which this route matches. Denied
+    /// joins get `{"reason":"unauthorized"}`, never "unmatched topic": the
+    /// topic exists, the connection just may not have it.
+    pub fn may_join(&self, topic: &str, identity: &Identity) -> bool {
+        if matches!(self.pattern, Pattern::Owned { .. }) && !self.pattern.allows(topic, identity) {
+            return false;
+        }
+        match self.join {
+            JoinPolicy::Public => true,
+            JoinPolicy::Deny => false,
+            JoinPolicy::Claims => identity.channels.iter().flatten().any(|entry| {
+                Pattern::parse(entry).is_ok_and(|allowed| allowed.allows(topic, identity))
+            }),
+        }
+    }
+
+    /// Whether the route can only work with an identity from the connect
+    /// policy (a `{user_id}` pattern or a `claims` join).
+    pub fn needs_identity(&self) -> bool {
+        matches!(self.pattern, Pattern::Owned { .. }) || self.join == JoinPolicy::Claims
+    }
 }
 
 /// The ordered route table.
@@ -134,6 +209,11 @@ impl Routes {
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
+
+    /// The routes, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +235,53 @@ mod tests {
         assert!(Pattern::parse("").is_err());
         assert!(Pattern::parse("room:*").unwrap().matches("room:"));
         assert!(!Pattern::parse("room:*").unwrap().matches("roo"));
+    }
+
+    fn who(user: Option<&str>, channels: Option<&[&str]>) -> Identity {
+        Identity {
+            user_id: user.map(str::to_string),
+            channels: channels.map(|c| c.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn user_id_placeholder_matches_only_the_owner() {
+        let pattern = Pattern::parse("user:{user_id}:inbox").unwrap();
+        assert!(pattern.matches("user:bob:inbox"));
+        assert!(!pattern.matches("user::inbox"));
+        assert!(!pattern.matches("user:bob"));
+        assert_eq!(pattern.owner("user:bob:inbox"), Some("bob"));
+        assert!(pattern.allows("user:alice:inbox", &who(Some("alice"), None)));
+        assert!(!pattern.allows("user:bob:inbox", &who(Some("alice"), None)));
+        assert!(!pattern.allows("user:bob:inbox", &who(None, None)));
+        assert!(Pattern::parse("user:{user_id}:*").is_err());
+        assert!(Pattern::parse("{user_id}{user_id}").is_err());
+    }
+
+    #[test]
+    fn join_policies_use_the_identity() {
+        let route = |pattern: &str, join| Route {
+            pattern: Pattern::parse(pattern).unwrap(),
+            join,
+            client_events: ClientEventPolicy::Deny,
+        };
+        let private = route("user:{user_id}", JoinPolicy::Public);
+        assert!(private.may_join("user:alice", &who(Some("alice"), None)));
+        assert!(!private.may_join("user:bob", &who(Some("alice"), None)));
+        let claims = route("room:*", JoinPolicy::Claims);
+        let alice = who(
+            Some("alice"),
+            Some(&["room:a*", "room:z", "user:{user_id}"]),
+        );
+        assert!(claims.may_join("room:abc", &alice));
+        assert!(claims.may_join("room:z", &alice));
+        assert!(!claims.may_join("room:b", &alice));
+        assert!(!claims.may_join("room:a", &who(Some("x"), None)));
+        let own = route("user:*", JoinPolicy::Claims);
+        assert!(own.may_join("user:alice", &alice));
+        assert!(!own.may_join("user:bob", &alice));
+        assert!(claims.needs_identity() && private.needs_identity());
+        assert!(!route("room:*", JoinPolicy::Public).needs_identity());
     }
 
     #[test]

@@ -141,3 +141,66 @@ fn cinder_token_mints_a_token_the_server_accepts() {
     let url = format!("{}&token={minted}", server.ws_url(Some("2.0.0")));
     Client::connect(&url).join("room:4", "1");
 }
+
+const PRIVATE: &str = "[socket.auth]\nmode = \"jwt\"\nsecret = \"dev-secret\"\n\n\
+[[channel]]\npattern = \"user:{user_id}\"\njoin = \"public\"\n\n\
+[[channel]]\npattern = \"team:*\"\njoin = \"claims\"\nclient_events = \"broadcast\"\n";
+
+fn connect_as(server: &TestServer, sub: &str, channels: Option<&str>) -> Client {
+    let claims = Claims {
+        sub: sub.into(),
+        channels: channels.map(|c| cinder::auth::ChannelsClaim::Joined(c.into())),
+        exp: Some(now_secs() + 60),
+        nbf: None,
+        iat: None,
+    };
+    let url = format!(
+        "{}&token={}",
+        server.ws_url(Some("2.0.0")),
+        mint_hs256("dev-secret", &claims)
+    );
+    Client::connect(&url)
+}
+
+fn join_reply(client: &mut Client, topic: &str, r: &str) -> serde_json::Value {
+    client.send(&format!(r#"["{r}","{r}","{topic}","phx_join",{{}}]"#));
+    client.recv_json()
+}
+
+#[test]
+fn a_private_user_topic_admits_only_its_owner() {
+    let server = TestServer::start_with_shards(2, PRIVATE);
+    let mut alice = connect_as(&server, "alice", None);
+    let reply = join_reply(&mut alice, "user:alice", "1");
+    assert_eq!(reply[4]["status"], "ok", "{reply}");
+    let reply = join_reply(&mut alice, "user:bob", "2");
+    assert_eq!(reply[4]["status"], "error", "{reply}");
+    assert_eq!(reply[4]["response"]["reason"], "unauthorized", "{reply}");
+}
+
+#[test]
+fn claims_joins_follow_the_tokens_channels_claim() {
+    let server = TestServer::start_with_shards(2, PRIVATE);
+    let mut client = connect_as(&server, "carol", Some("team:red, team:blue*"));
+    for (topic, status) in [
+        ("team:red", "ok"),
+        ("team:blue-2", "ok"),
+        ("team:green", "error"),
+    ] {
+        let reply = join_reply(&mut client, topic, "1");
+        assert_eq!(reply[4]["status"], status, "{topic}: {reply}");
+    }
+    let mut nobody = connect_as(&server, "dave", None);
+    let reply = join_reply(&mut nobody, "team:red", "1");
+    assert_eq!(reply[4]["response"]["reason"], "unauthorized", "{reply}");
+}
+
+#[test]
+fn identity_routes_need_an_identity_policy() {
+    let err = cinder::Config::parse(
+        "[[channel]]\npattern = \"user:{user_id}\"\njoin = \"public\"\n",
+        "t",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("channel[0]"), "{err}");
+}

@@ -13,11 +13,12 @@
 
 use std::borrow::Cow;
 
+use crate::connect::Identity;
 use crate::fanout::broadcast::{Broadcast, Sender};
 use crate::fanout::topics::SubscriptionSlot;
 use crate::protocol::encode::write_reply_payload;
 use crate::protocol::message::{ClientMessage, Name, RawJson};
-use crate::routes::{ClientEventPolicy, JoinPolicy, Routes, HEARTBEAT_TOPIC};
+use crate::routes::{ClientEventPolicy, Routes, HEARTBEAT_TOPIC};
 
 const OK_EMPTY: &[u8] = br#"{"status":"ok","response":{}}"#;
 const UNMATCHED_TOPIC: &[u8] = br#"{"status":"error","response":{"reason":"unmatched topic"}}"#;
@@ -132,6 +133,7 @@ impl ChannelSet {
         &mut self,
         msg: ClientMessage,
         routes: &Routes,
+        identity: &Identity,
         me: Sender,
         out: &mut Vec<Action>,
     ) {
@@ -148,7 +150,7 @@ impl ChannelSet {
         }
         if event == Some("phx_join") {
             let topic = topic.to_string();
-            return self.join(topic, msg, routes, out);
+            return self.join(topic, msg, routes, identity, out);
         }
         let Some(index) = self.channels.iter().position(|c| c.topic == topic) else {
             return self.handle_unjoined(&msg, out);
@@ -194,7 +196,14 @@ impl ChannelSet {
     }
 
     /// Spec §6.2 and §6.3.
-    fn join(&mut self, topic: String, msg: ClientMessage, routes: &Routes, out: &mut Vec<Action>) {
+    fn join(
+        &mut self,
+        topic: String,
+        msg: ClientMessage,
+        routes: &Routes,
+        identity: &Identity,
+        out: &mut Vec<Action>,
+    ) {
         let Some((route_index, route)) = routes.find(&topic) else {
             return out.push(reply(RawJson::null(), &msg, UNMATCHED_TOPIC));
         };
@@ -217,9 +226,9 @@ impl ChannelSet {
         if self.channels.len() >= self.max_channels {
             out.push(reply(msg.join_ref.clone(), &msg, TOO_MANY_CHANNELS));
         } else {
-            match route.join {
-                JoinPolicy::Deny => out.push(reply(msg.join_ref.clone(), &msg, UNAUTHORIZED)),
-                JoinPolicy::Public => {
+            match route.may_join(&topic, identity) {
+                false => out.push(reply(msg.join_ref.clone(), &msg, UNAUTHORIZED)),
+                true => {
                     let join_ref = if msg.join_ref.is_null() {
                         msg.msg_ref.clone()
                     } else {

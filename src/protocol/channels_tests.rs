@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::protocol::message::Payload;
-use crate::routes::{Pattern, Route};
+use crate::routes::{JoinPolicy, Pattern, Route};
 
 fn routes() -> Routes {
     Routes::new(vec![
@@ -57,7 +57,7 @@ fn msg(
 /// Runs one message, reporting subscriptions back like the shard does.
 fn run(set: &mut ChannelSet, m: ClientMessage) -> Vec<Action> {
     let mut out = Vec::new();
-    set.handle(m, &routes(), ME, &mut out);
+    set.handle(m, &routes(), &Identity::default(), ME, &mut out);
     let mut next_slot = 0;
     for action in &out {
         if let Action::Subscribe { topic } = action {

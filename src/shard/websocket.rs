@@ -101,9 +101,13 @@ impl Shard {
         };
         let mut actions = std::mem::take(&mut self.actions);
         if let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket()) {
-            session
-                .channels
-                .handle(message, &self.config.routes, me, &mut actions);
+            session.channels.handle(
+                message,
+                &self.config.routes,
+                &session.identity,
+                me,
+                &mut actions,
+            );
         }
         for action in actions.drain(..) {
             self.apply(key, action);
