@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::Verifier;
-use crate::connect::ConnectPolicy;
+use crate::connect::{ConnectPolicy, DEFAULT_SOCKET_ID};
 use crate::routes::{ClientEventPolicy, JoinPolicy, Pattern, Route, Routes};
 
 /// A configuration problem, naming the key and what is wrong with it.
@@ -124,6 +124,9 @@ pub struct AuthConfig {
     /// The connect parameter carrying the token; the auth-token subprotocol
     /// (`authToken` in the JS client) is used when the parameter is absent.
     pub param: String,
+    /// The socket id of an authenticated connection; `{user_id}` is
+    /// replaced by the token's `sub`. Forced disconnects address it.
+    pub socket_id: String,
 }
 
 /// How connections are admitted.
@@ -145,6 +148,7 @@ impl Default for AuthConfig {
             public_key_file: None,
             algorithm: None,
             param: "token".to_string(),
+            socket_id: DEFAULT_SOCKET_ID.to_string(),
         }
     }
 }
@@ -188,7 +192,17 @@ impl AuthConfig {
                 "must not be empty",
             ));
         }
-        Ok(ConnectPolicy::jwt(verifier, self.param.clone()))
+        if !self.socket_id.contains("{user_id}") {
+            return Err(ConfigError::invalid(
+                "socket.auth.socket_id",
+                "must contain {user_id}, or every user would share one socket id",
+            ));
+        }
+        Ok(ConnectPolicy::jwt(
+            verifier,
+            self.param.clone(),
+            self.socket_id.clone(),
+        ))
     }
 }
 

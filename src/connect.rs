@@ -30,7 +30,32 @@ pub struct Identity {
     pub user_id: Option<String>,
     /// Topics or patterns the token's `channels` claim allows.
     pub channels: Option<Vec<String>>,
+    /// The socket id (`user_socket:<user id>` by default): the name a forced
+    /// disconnect addresses, as in Phoenix's `id/1`.
+    pub socket_id: Option<String>,
 }
+
+impl Identity {
+    /// Whether a forced disconnect for `target` applies to this connection.
+    pub fn is_target_of(&self, target: &DisconnectTarget) -> bool {
+        match target {
+            DisconnectTarget::UserId(id) => self.user_id.as_deref() == Some(id.as_str()),
+            DisconnectTarget::SocketId(id) => self.socket_id.as_deref() == Some(id.as_str()),
+        }
+    }
+}
+
+/// Whose connections a forced disconnect closes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DisconnectTarget {
+    /// Every connection of this user id.
+    UserId(String),
+    /// Every connection with this socket id.
+    SocketId(String),
+}
+
+/// The default socket id template.
+pub const DEFAULT_SOCKET_ID: &str = "user_socket:{user_id}";
 
 /// The outcome of a connect decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,12 +87,18 @@ pub enum ConnectPolicy {
 pub struct JwtPolicy {
     verifier: Verifier,
     param: String,
+    socket_id: String,
 }
 
 impl ConnectPolicy {
-    /// The `jwt` policy with `verifier`, reading the token from `param`.
-    pub fn jwt(verifier: Verifier, param: String) -> ConnectPolicy {
-        ConnectPolicy::Jwt(Arc::new(JwtPolicy { verifier, param }))
+    /// The `jwt` policy with `verifier`, reading the token from `param`;
+    /// `socket_id` is a template in which `{user_id}` is replaced.
+    pub fn jwt(verifier: Verifier, param: String, socket_id: String) -> ConnectPolicy {
+        ConnectPolicy::Jwt(Arc::new(JwtPolicy {
+            verifier,
+            param,
+            socket_id,
+        }))
     }
 
     /// Decides whether `request` may connect.
@@ -86,6 +117,7 @@ impl ConnectPolicy {
                     .ok_or(TokenError::Missing);
                 match token.and_then(|t| policy.verifier.verify(t)) {
                     Ok(claims) => ConnectDecision::Accept(Identity {
+                        socket_id: Some(policy.socket_id.replace("{user_id}", &claims.sub)),
                         user_id: Some(claims.sub),
                         channels: claims.channels.map(|c| c.entries()),
                     }),
@@ -123,6 +155,7 @@ mod tests {
         let policy = ConnectPolicy::jwt(
             Verifier::from_secret("dev-secret", None).unwrap(),
             "token".into(),
+            DEFAULT_SOCKET_ID.into(),
         );
         let claims = Claims {
             sub: "alice".into(),
@@ -135,6 +168,7 @@ mod tests {
         let alice = ConnectDecision::Accept(Identity {
             user_id: Some("alice".into()),
             channels: None,
+            socket_id: Some("user_socket:alice".into()),
         });
         let params = vec![("token".to_string(), token.clone())];
         assert_eq!(policy.decide(&request(&params, None)), alice);

@@ -241,6 +241,7 @@ mod tests {
         Identity {
             user_id: user.map(str::to_string),
             channels: channels.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            socket_id: None,
         }
     }
 

@@ -204,3 +204,49 @@ fn identity_routes_need_an_identity_policy() {
     .unwrap_err();
     assert!(err.to_string().contains("channel[0]"), "{err}");
 }
+
+fn post(server: &TestServer, path: &str, body: &str) -> (u16, String) {
+    server.http(&format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}
+
+#[test]
+fn forced_disconnect_closes_every_connection_of_the_user_on_every_shard() {
+    let server = TestServer::start_with_shards(2, PRIVATE);
+    let mut alices: Vec<Client> = (0..6).map(|_| connect_as(&server, "alice", None)).collect();
+    let mut bob = connect_as(&server, "bob", None);
+    for (i, alice) in alices.iter_mut().enumerate() {
+        alice.join("user:alice", &i.to_string());
+    }
+    let per_shard = server.metric_per_shard("cinder_connections");
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "connections not on both shards: {per_shard:?}"
+    );
+    let (status, body) = post(&server, "/api/disconnect", r#"{"user_id":"alice"}"#);
+    assert_eq!(status, 200, "{body}");
+    for alice in &mut alices {
+        assert_eq!(alice.expect_close(), 1001);
+    }
+    bob.join("user:bob", "1");
+    let (status, _) = post(&server, "/api/disconnect", r#"{"who":"bob"}"#);
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn a_disconnect_broadcast_to_the_socket_id_closes_it() {
+    let server = TestServer::start_with_shards(2, PRIVATE);
+    let mut carol = connect_as(&server, "carol", None);
+    let mut dave = connect_as(&server, "dave", None);
+    carol.join("user:carol", "1");
+    let (status, body) = post(
+        &server,
+        "/api/broadcast",
+        r#"{"topic":"user_socket:carol","event":"disconnect","payload":{}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(carol.expect_close(), 1001);
+    dave.join("user:dave", "1");
+}

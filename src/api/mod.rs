@@ -3,6 +3,7 @@
 //! | method | path | what |
 //! | --- | --- | --- |
 //! | POST | `/api/broadcast` | publish one message or a batch |
+//! | POST | `/api/disconnect` | close every connection of a user id or socket id |
 //! | GET | `/healthz` | liveness |
 //! | GET | `/metrics` | Prometheus counters per shard |
 //!
@@ -14,6 +15,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::{Broadcast, PublishError};
 use crate::protocol::message::Payload;
 
@@ -22,6 +24,8 @@ use crate::protocol::message::Payload;
 pub enum Endpoint {
     /// `POST /api/broadcast`.
     Broadcast,
+    /// `POST /api/disconnect`.
+    Disconnect,
     /// `GET /healthz`.
     Health,
     /// `GET /metrics`.
@@ -44,6 +48,7 @@ pub enum ApiReply {
 pub fn route(method: &str, path: &str) -> Option<Endpoint> {
     match (method, path) {
         ("POST", "/api/broadcast") => Some(Endpoint::Broadcast),
+        ("POST", "/api/disconnect") => Some(Endpoint::Disconnect),
         ("GET", "/healthz") => Some(Endpoint::Health),
         ("GET", "/metrics") => Some(Endpoint::Metrics),
         _ => None,
@@ -74,10 +79,29 @@ pub fn authorized(api_key: Option<&str>, authorization: Option<&str>) -> bool {
     difference == 0
 }
 
+/// Parses `{"user_id": "..."}` or `{"socket_id": "..."}` (exactly one).
+pub fn parse_disconnect(body: &[u8]) -> Result<DisconnectTarget, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct DisconnectBody {
+        user_id: Option<String>,
+        socket_id: Option<String>,
+    }
+    let request: DisconnectBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::Body(e.to_string()))?;
+    match (request.user_id, request.socket_id) {
+        (Some(id), None) if !id.is_empty() => Ok(DisconnectTarget::UserId(id)),
+        (None, Some(id)) if !id.is_empty() => Ok(DisconnectTarget::SocketId(id)),
+        _ => Err(ApiError::Body(
+            "give exactly one non-empty \"user_id\" or \"socket_id\"".into(),
+        )),
+    }
+}
+
 /// Why a request that [`route`] refused was refused.
 pub fn reply_for_unknown(_method: &str, path: &str) -> ApiReply {
     match path {
-        "/api/broadcast" => ApiReply::MethodNotAllowed { allow: "POST" },
+        "/api/broadcast" | "/api/disconnect" => ApiReply::MethodNotAllowed { allow: "POST" },
         "/healthz" | "/metrics" => ApiReply::MethodNotAllowed { allow: "GET" },
         _ => ApiReply::NotFound,
     }
@@ -200,6 +224,31 @@ fn to_broadcast(message: MessageBody<'_>) -> Result<Broadcast, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disconnect_bodies() {
+        assert_eq!(
+            parse_disconnect(br#"{"user_id":"alice"}"#).unwrap(),
+            DisconnectTarget::UserId("alice".into())
+        );
+        assert_eq!(
+            parse_disconnect(br#"{"socket_id":"user_socket:alice"}"#).unwrap(),
+            DisconnectTarget::SocketId("user_socket:alice".into())
+        );
+        for bad in [
+            &br#"{}"#[..],
+            br#"{"user_id":"a","socket_id":"b"}"#,
+            br#"{"user_id":""}"#,
+            b"nope",
+            br#"{"user":"a"}"#,
+        ] {
+            assert!(
+                parse_disconnect(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn api_key_needs_the_exact_bearer_token() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::connection::{Phase, WebSocketSession};
 use super::Shard;
 use crate::api::{self, ApiReply};
-use crate::connect::{ConnectDecision, ConnectRequest};
+use crate::connect::{ConnectDecision, ConnectRequest, DisconnectTarget};
 use crate::metrics::ShardMetrics;
 use crate::protocol::channels::ChannelSet;
 use crate::protocol::vsn::negotiate;
@@ -96,6 +96,13 @@ impl Shard {
                     Ok(broadcasts) => {
                         let count = broadcasts.len();
                         for broadcast in broadcasts {
+                            // Phoenix's forced disconnect: `disconnect` sent to
+                            // a socket id closes that socket's connections.
+                            if broadcast.event() == "disconnect" {
+                                let target =
+                                    DisconnectTarget::SocketId(broadcast.topic().to_string());
+                                self.disconnect_everywhere(target);
+                            }
                             self.publish(Arc::new(broadcast));
                         }
                         let body = format!(r#"{{"ok":true,"count":{count}}}"#);
@@ -110,6 +117,19 @@ impl Shard {
                     Err(error) => write_json_error(&mut out, 400, &error.to_string(), keep_alive),
                 }
             }
+            Some(api::Endpoint::Disconnect) => match api::parse_disconnect(&request.body) {
+                Ok(target) => {
+                    self.disconnect_everywhere(target);
+                    write_response(
+                        &mut out,
+                        200,
+                        &[("content-type", "application/json")],
+                        br#"{"ok":true}"#,
+                        keep_alive,
+                    );
+                }
+                Err(error) => write_json_error(&mut out, 400, &error.to_string(), keep_alive),
+            },
             Some(api::Endpoint::Health) => write_response(
                 &mut out,
                 200,

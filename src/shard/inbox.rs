@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::Broadcast;
 
 /// A message from one shard (or the server handle) to a shard.
@@ -18,6 +19,8 @@ use crate::fanout::broadcast::Broadcast;
 pub enum ShardMessage {
     /// Deliver a broadcast published elsewhere to local subscribers.
     Broadcast(Arc<Broadcast>),
+    /// Close every local connection this forced disconnect targets (1001).
+    Disconnect(Arc<DisconnectTarget>),
     /// Stop accepting, close every WebSocket with 1012, flush, exit.
     Shutdown,
 }

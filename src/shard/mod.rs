@@ -247,6 +247,7 @@ impl Shard {
         for message in batch.drain(..) {
             match message {
                 ShardMessage::Broadcast(broadcast) => self.deliver(&broadcast),
+                ShardMessage::Disconnect(target) => self.disconnect_local(&target),
                 ShardMessage::Shutdown => self.begin_shutdown(),
             }
         }

@@ -10,6 +10,7 @@ use super::connection::Phase;
 use super::inbox::ShardMessage;
 use super::outbox::FlushStats;
 use super::Shard;
+use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::{Broadcast, Sender};
 use crate::metrics::ShardMetrics;
 use crate::protocol::channels::{Action, Outgoing};
@@ -21,6 +22,8 @@ use crate::transport::frame::{close_frame, write_frame, Decoded, WsEvent};
 /// Close code for a connection whose unsent output exceeded its limit
 /// (policy violation: the client does not read fast enough).
 pub const CLOSE_SLOW_CONSUMER: u16 = 1008;
+/// Close code of a forced disconnect (Phoenix ≥ 1.8.8).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for input the server cannot process (Phoenix's crash code).
 pub const CLOSE_INTERNAL: u16 = 1011;
 
@@ -179,6 +182,35 @@ impl Shard {
 
     /// Publishes a broadcast from this shard: local subscribers now, other
     /// shards through their inboxes.
+    /// A forced disconnect: closes the targeted connections on every shard
+    /// (this one at once, the others through their queues).
+    pub(super) fn disconnect_everywhere(&mut self, target: DisconnectTarget) {
+        let target = Arc::new(target);
+        self.disconnect_local(&target);
+        for (shard, inbox) in self.peers.iter().enumerate() {
+            if shard != self.id {
+                inbox.send(ShardMessage::Disconnect(target.clone()));
+            }
+        }
+    }
+
+    /// Closes local WebSockets the target names with 1001, which the JS
+    /// client reconnects after (Phoenix ≥ 1.8.8). A scan: forced
+    /// disconnects are rare administrative events, not worth an index.
+    pub(super) fn disconnect_local(&mut self, target: &DisconnectTarget) {
+        let keys: Vec<usize> = self
+            .connections
+            .iter_mut()
+            .filter_map(|(key, conn)| {
+                let session = conn.websocket()?;
+                session.identity.is_target_of(target).then_some(key)
+            })
+            .collect();
+        for key in keys {
+            self.close_websocket(key, CLOSE_GOING_AWAY, "disconnected");
+        }
+    }
+
     pub(super) fn publish(&mut self, broadcast: Arc<Broadcast>) {
         ShardMetrics::add(&self.metrics[self.id].broadcasts, 1);
         self.deliver(&broadcast);
