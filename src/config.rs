@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::auth::Verifier;
 use crate::connect::{ConnectPolicy, DEFAULT_SOCKET_ID};
 use crate::routes::{ClientEventPolicy, JoinPolicy, Pattern, Route, Routes};
+use crate::transport::origin::{CheckOriginSetting, OriginPolicy};
 
 /// A configuration problem, naming the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,8 @@ pub struct Config {
     pub routes: Routes,
     /// Who may connect, built from `[socket.auth]` (keys loaded once).
     pub connect: ConnectPolicy,
+    /// The compiled `socket.check_origin`.
+    pub origin: OriginPolicy,
 }
 
 /// `[server]`: where to listen and how many event loops to run.
@@ -107,6 +110,10 @@ pub struct SocketConfig {
     pub send_buffer_limit: usize,
     /// `[socket.auth]`: who may connect.
     pub auth: AuthConfig,
+    /// The `Origin` check of WebSocket upgrades: `true` (same host as the
+    /// request), `false`, or a list of allowed origins. Unset: off on a
+    /// loopback bind, same-host elsewhere.
+    pub check_origin: Option<CheckOriginSetting>,
 }
 
 /// `[socket.auth]`: the connect policy.
@@ -241,6 +248,7 @@ impl Default for SocketConfig {
             max_channels: 100,
             send_buffer_limit: 1024 * 1024,
             auth: AuthConfig::default(),
+            check_origin: None,
         }
     }
 }
@@ -263,6 +271,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             routes: Routes::open_default(),
             connect: ConnectPolicy::Open,
+            origin: OriginPolicy::Off,
         }
     }
 }
@@ -328,15 +337,31 @@ impl Config {
                 ));
             }
         }
+        let origin = OriginPolicy::from_setting(
+            file.socket.check_origin.as_ref(),
+            file.server.bind.ip().is_loopback(),
+        )
+        .map_err(|problem| ConfigError::invalid("socket.check_origin", problem))?;
         let config = Config {
             server: file.server,
             socket: file.socket,
             api: file.api,
             routes,
             connect,
+            origin,
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// Moves the listening address (the `--bind` flag); settings whose
+    /// default depends on it (the origin check) follow.
+    pub fn set_bind(&mut self, bind: SocketAddr) -> Result<(), ConfigError> {
+        self.server.bind = bind;
+        self.origin =
+            OriginPolicy::from_setting(self.socket.check_origin.as_ref(), bind.ip().is_loopback())
+                .map_err(|problem| ConfigError::invalid("socket.check_origin", problem))?;
+        Ok(())
     }
 
     /// Checks values that parse but cannot work.

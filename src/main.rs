@@ -129,7 +129,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         None => Config::default(),
     };
     if let Some(bind) = args.bind {
-        config.server.bind = bind;
+        if let Err(e) = config.set_bind(bind) {
+            eprintln!("cinder: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     }
     if let Some(shards) = args.shards {
         config.server.shards = Some(shards);

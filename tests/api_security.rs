@@ -47,3 +47,42 @@ fn an_open_api_on_a_public_bind_refuses_to_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("api.api_key"), "{stderr}");
 }
+
+fn upgrade_with_origin(server: &TestServer, origin: &str) -> u16 {
+    let (status, _) = server.http(&format!(
+        "GET /socket/websocket?vsn=2.0.0 HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: {origin}\r\n\r\n"
+    ));
+    status
+}
+
+#[test]
+fn the_origin_check_refuses_other_sites_with_403() {
+    let server = TestServer::start(
+        "[socket]\ncheck_origin = [\"https://app.example.com\", \"//*.example.org\"]\n",
+    );
+    assert_eq!(
+        upgrade_with_origin(&server, "https://evil.example.net"),
+        403
+    );
+    assert_eq!(upgrade_with_origin(&server, "http://app.example.com"), 403);
+    // Allowed origins and non-browser clients (no Origin) upgrade normally.
+    for origin in ["https://app.example.com", "https://chat.example.org"] {
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(
+            server.ws_url(Some("2.0.0")),
+        )
+        .unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        common::Client::connect_request(request).join("room:1", "1");
+    }
+    common::Client::connect(&server.ws_url(Some("2.0.0"))).join("room:2", "1");
+}
+
+#[test]
+fn a_bad_origin_setting_is_a_config_error() {
+    let err =
+        cinder::Config::parse("[socket]\ncheck_origin = [\"//ex*ample.com\"]\n", "t").unwrap_err();
+    assert!(err.to_string().contains("socket.check_origin"), "{err}");
+}

@@ -206,6 +206,14 @@ impl Shard {
             auth_token: subprotocols.auth_token.as_deref(),
             peer,
         };
+        // Phoenix checks the origin before running connect/3.
+        if !self
+            .config
+            .origin
+            .allows(request.header("origin"), request.header("host"))
+        {
+            return refuse(self, 403, "origin not allowed");
+        }
         let identity = match self.config.connect.decide(&connect) {
             ConnectDecision::Accept(identity) => identity,
             ConnectDecision::Refuse { status, reason } => return refuse(self, status, &reason),

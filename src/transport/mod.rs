@@ -10,4 +10,5 @@
 pub mod frame;
 pub mod handshake;
 pub mod http;
+pub mod origin;
 pub mod query;
