@@ -87,6 +87,10 @@ pub struct ServerConfig {
     pub max_connections_per_shard: usize,
     /// How long shutdown waits for queued frames to reach clients.
     pub shutdown_timeout_ms: u64,
+    /// Connections one shard accepts per second (burst: one second's worth);
+    /// the rest wait in the listen backlog, so a reconnect storm is spread
+    /// out instead of stalling the shard. 0 turns the limit off.
+    pub accept_rate_per_shard: u32,
     /// How long a plain HTTP connection may sit idle (or dribble a request)
     /// before it is closed. Shorter than the WebSocket timeout on purpose:
     /// slow request headers are a cheap way to hold sockets.
@@ -108,6 +112,13 @@ pub struct SocketConfig {
     /// Unsent bytes one connection may have queued before it is closed as a
     /// slow consumer (1008). Bounds memory whatever clients do.
     pub send_buffer_limit: usize,
+    /// Client events (pushes other than join, leave and heartbeat) one
+    /// connection may send per second; 0 turns the limit off. Excess events
+    /// get `{"reason":"rate limited"}`; a connection that keeps sending at
+    /// twice the rate for a second is closed with 1008.
+    pub client_events_per_second: u32,
+    /// Events a connection may send in a burst above the rate.
+    pub client_events_burst: u32,
     /// `[socket.auth]`: who may connect.
     pub auth: AuthConfig,
     /// The `Origin` check of WebSocket upgrades: `true` (same host as the
@@ -233,6 +244,7 @@ impl Default for ServerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 4000)),
             shards: None,
             max_connections_per_shard: 250_000,
+            accept_rate_per_shard: 10_000,
             shutdown_timeout_ms: 5_000,
             http_idle_timeout_ms: 15_000,
         }
@@ -247,6 +259,8 @@ impl Default for SocketConfig {
             max_message_size: 1024 * 1024,
             max_channels: 100,
             send_buffer_limit: 1024 * 1024,
+            client_events_per_second: 100,
+            client_events_burst: 200,
             auth: AuthConfig::default(),
             check_origin: None,
         }
@@ -441,6 +455,12 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        if self.socket.client_events_per_second > 0 && self.socket.client_events_burst == 0 {
+            return Err(ConfigError::invalid(
+                "socket.client_events_burst",
+                "must be at least 1 when client_events_per_second is set",
+            ));
         }
         if self.api.max_batch == 0 {
             return Err(ConfigError::invalid("api.max_batch", "must be at least 1"));

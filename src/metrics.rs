@@ -35,6 +35,10 @@ pub struct ShardMetrics {
     pub protocol_closes: AtomicU64,
     /// Connections closed by the idle timeout.
     pub idle_closes: AtomicU64,
+    /// Client events refused by the per-connection rate limit.
+    pub rate_limited: AtomicU64,
+    /// Times accepting paused because the shard's accept rate was used up.
+    pub accept_throttled: AtomicU64,
     /// Bytes written to sockets.
     pub bytes_written: AtomicU64,
     /// Vectored write calls made.
@@ -58,7 +62,7 @@ impl ShardMetrics {
 /// Renders all shards' counters in the Prometheus text format.
 pub fn render_prometheus(shards: &[ShardMetrics]) -> String {
     type Field = fn(&ShardMetrics) -> &AtomicU64;
-    let rows: [(&str, &str, &str, Field); 14] = [
+    let rows: [(&str, &str, &str, Field); 16] = [
         ("cinder_connections", "gauge", "Open connections.", |m| {
             &m.connections
         }),
@@ -73,6 +77,18 @@ pub fn render_prometheus(shards: &[ShardMetrics]) -> String {
             "counter",
             "Connections refused because a shard was full.",
             |m| &m.refused,
+        ),
+        (
+            "cinder_client_events_rate_limited_total",
+            "counter",
+            "Client events refused by the per-connection rate limit.",
+            |m| &m.rate_limited,
+        ),
+        (
+            "cinder_accept_throttled_total",
+            "counter",
+            "Times a shard paused accepting because its accept rate was used up.",
+            |m| &m.accept_throttled,
         ),
         (
             "cinder_websocket_upgrades_total",

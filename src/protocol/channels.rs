@@ -28,6 +28,7 @@ const TOO_MANY_CHANNELS: &[u8] =
 const UNHANDLED_EVENT: &[u8] = br#"{"status":"error","response":{"reason":"unhandled event"}}"#;
 const RESERVED_EVENT: &[u8] = br#"{"status":"error","response":{"reason":"reserved event"}}"#;
 const EMPTY_OBJECT: &[u8] = b"{}";
+const RATE_LIMITED: &[u8] = br#"{"status":"error","response":{"reason":"rate limited"}}"#;
 
 /// A server→client message for this connection, not yet encoded (the shard
 /// encodes it with the connection's serializer).
@@ -184,6 +185,26 @@ impl ChannelSet {
             }
             None => out.push(reply(channel.join_ref.clone(), &msg, UNHANDLED_EVENT)),
         }
+    }
+
+    /// Whether `msg` is a client event (what the per-connection event rate
+    /// limit counts): anything but heartbeats, joins and leaves.
+    pub fn is_client_event(msg: &ClientMessage) -> bool {
+        !matches!(
+            msg.event.as_str(),
+            Some("phx_join" | "phx_leave" | "heartbeat")
+        )
+    }
+
+    /// Answers a client event refused by the rate limit: an error reply with
+    /// the joined channel's join_ref, as any other reply on that channel.
+    pub fn refuse_rate_limited(&self, msg: &ClientMessage, out: &mut Vec<Action>) {
+        let join_ref = msg
+            .topic
+            .as_str()
+            .and_then(|topic| self.channels.iter().find(|c| c.topic == topic))
+            .map_or_else(|| msg.join_ref.clone(), |c| c.join_ref.clone());
+        out.push(reply(join_ref, msg, RATE_LIMITED));
     }
 
     /// Spec §6.5 and the leave case of §6.6.

@@ -13,6 +13,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use crate::connect::Identity;
+use crate::limits::EventLimiter;
 use crate::protocol::channels::ChannelSet;
 use crate::protocol::message::Serializer;
 use crate::shard::outbox::Outbox;
@@ -29,6 +30,8 @@ pub struct WebSocketSession {
     pub channels: ChannelSet,
     /// Who the connect policy said this is.
     pub identity: Identity,
+    /// The client event rate limit, when configured.
+    pub limiter: Option<EventLimiter>,
 }
 
 /// Where a connection is in its life.

@@ -7,6 +7,7 @@ use super::connection::{Phase, WebSocketSession};
 use super::Shard;
 use crate::api::{self, ApiReply};
 use crate::connect::{ConnectDecision, ConnectRequest, DisconnectTarget};
+use crate::limits::EventLimiter;
 use crate::metrics::ShardMetrics;
 use crate::protocol::channels::ChannelSet;
 use crate::protocol::vsn::negotiate;
@@ -230,6 +231,13 @@ impl Shard {
             serializer,
             channels: ChannelSet::new(self.config.socket.max_channels),
             identity,
+            limiter: (self.config.socket.client_events_per_second > 0).then(|| {
+                EventLimiter::new(
+                    self.config.socket.client_events_per_second,
+                    self.config.socket.client_events_burst,
+                    self.now,
+                )
+            }),
         };
         if let Some(conn) = self.connections.get_mut(key) {
             conn.phase = Phase::WebSocket(session);

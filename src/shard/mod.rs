@@ -38,6 +38,7 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::fanout::topics::TopicTable;
+use crate::limits::TokenBucket;
 use crate::metrics::ShardMetrics;
 use crate::shard::connection::{Connection, Phase, WebSocketSession};
 use crate::shard::inbox::{InboxReceiver, ShardInbox, ShardMessage};
@@ -100,6 +101,8 @@ pub struct Shard {
     now: Instant,
     /// Accepting was paused after running out of file descriptors.
     accept_paused: bool,
+    /// `server.accept_rate_per_shard`, when set.
+    accept_bucket: Option<TokenBucket>,
     /// Set once shutdown began: when the shard exits at the latest.
     stop_deadline: Option<Instant>,
     /// Reused buffers, so the hot path does not allocate.
@@ -123,6 +126,7 @@ impl Shard {
         } = setup;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let accept_rate = config.server.accept_rate_per_shard;
         Ok(Shard {
             id,
             poll,
@@ -137,6 +141,8 @@ impl Shard {
             slow_consumers: Vec::new(),
             now: Instant::now(),
             accept_paused: false,
+            accept_bucket: (accept_rate > 0)
+                .then(|| TokenBucket::new(accept_rate, accept_rate, Instant::now())),
             stop_deadline: None,
             read_buf: vec![0; READ_CHUNK],
             scratch: Vec::with_capacity(4096),
@@ -200,6 +206,14 @@ impl Shard {
             return;
         };
         loop {
+            if let Some(bucket) = &mut self.accept_bucket {
+                if !bucket.try_take(self.now) {
+                    // The rest wait in the backlog; the tick resumes.
+                    ShardMetrics::add(&self.metrics[self.id].accept_throttled, 1);
+                    self.accept_paused = true;
+                    return;
+                }
+            }
             match listener.accept() {
                 Ok((mut socket, peer)) => {
                     if self.connections.len() >= self.config.server.max_connections_per_shard {

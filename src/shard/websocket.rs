@@ -12,8 +12,9 @@ use super::outbox::FlushStats;
 use super::Shard;
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::{Broadcast, Sender};
+use crate::limits::Verdict;
 use crate::metrics::ShardMetrics;
-use crate::protocol::channels::{Action, Outgoing};
+use crate::protocol::channels::{Action, ChannelSet, Outgoing};
 use crate::protocol::decode::{decode_binary, decode_text};
 use crate::protocol::encode::encode_text;
 use crate::protocol::message::{ClientMessage, Serializer};
@@ -22,6 +23,8 @@ use crate::transport::frame::{close_frame, write_frame, Decoded, WsEvent};
 /// Close code for a connection whose unsent output exceeded its limit
 /// (policy violation: the client does not read fast enough).
 pub const CLOSE_SLOW_CONSUMER: u16 = 1008;
+/// Close code for a client that ignores its rate limit.
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
 /// Close code of a forced disconnect (Phoenix ≥ 1.8.8).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for input the server cannot process (Phoenix's crash code).
@@ -103,19 +106,37 @@ impl Shard {
             connection: key,
         };
         let mut actions = std::mem::take(&mut self.actions);
+        let mut verdict = Verdict::Allow;
         if let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket()) {
-            session.channels.handle(
-                message,
-                &self.config.routes,
-                &session.identity,
-                me,
-                &mut actions,
-            );
+            if let Some(limiter) = &mut session.limiter {
+                if ChannelSet::is_client_event(&message) {
+                    verdict = limiter.check(self.now);
+                }
+            }
+            if verdict != Verdict::Allow {
+                session.channels.refuse_rate_limited(&message, &mut actions);
+            } else {
+                session.channels.handle(
+                    message,
+                    &self.config.routes,
+                    &session.identity,
+                    me,
+                    &mut actions,
+                );
+            }
         }
         for action in actions.drain(..) {
             self.apply(key, action);
         }
         self.actions = actions;
+        match verdict {
+            Verdict::Allow => {}
+            Verdict::Refuse => ShardMetrics::add(&self.metrics[self.id].rate_limited, 1),
+            Verdict::Close => {
+                ShardMetrics::add(&self.metrics[self.id].rate_limited, 1);
+                self.close_websocket(key, CLOSE_POLICY_VIOLATION, "rate limit exceeded");
+            }
+        }
     }
 
     /// Carries out one action of the channel state machine.
