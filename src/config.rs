@@ -308,6 +308,8 @@ struct RouteEntry {
     join: JoinPolicy,
     #[serde(default)]
     client_events: ClientEventPolicy,
+    #[serde(default)]
+    events: Option<Vec<String>>,
 }
 
 impl Config {
@@ -338,6 +340,7 @@ impl Config {
                     pattern,
                     join: entry.join,
                     client_events: entry.client_events,
+                    events: entry.events,
                 });
             }
             Routes::new(routes)

@@ -136,9 +136,19 @@ pub struct Route {
     pub join: JoinPolicy,
     /// What client events do.
     pub client_events: ClientEventPolicy,
+    /// When set, only these client event names are handled; others get
+    /// `{"reason":"unhandled event"}` whatever the policy.
+    pub events: Option<Vec<String>>,
 }
 
 impl Route {
+    /// Whether the allow-list (if any) admits `event`.
+    pub fn allows_event(&self, event: &str) -> bool {
+        self.events
+            .as_ref()
+            .map_or(true, |list| list.iter().any(|e| e == event))
+    }
+
     /// Whether `identity` may join `topic`, which this route matches. Denied
     /// joins get `{"reason":"unauthorized"}`, never "unmatched topic": the
     /// topic exists, the connection just may not have it.
@@ -181,6 +191,7 @@ impl Routes {
             pattern: Pattern::Any,
             join: JoinPolicy::Public,
             client_events: ClientEventPolicy::Broadcast,
+            events: None,
         }])
     }
 
@@ -265,6 +276,7 @@ mod tests {
             pattern: Pattern::parse(pattern).unwrap(),
             join,
             client_events: ClientEventPolicy::Deny,
+            events: None,
         };
         let private = route("user:{user_id}", JoinPolicy::Public);
         assert!(private.may_join("user:alice", &who(Some("alice"), None)));
@@ -292,11 +304,13 @@ mod tests {
                 pattern: Pattern::parse("room:forbidden").unwrap(),
                 join: JoinPolicy::Deny,
                 client_events: ClientEventPolicy::Deny,
+                events: None,
             },
             Route {
                 pattern: Pattern::parse("*").unwrap(),
                 join: JoinPolicy::Public,
                 client_events: ClientEventPolicy::Broadcast,
+                events: None,
             },
         ]);
         assert_eq!(routes.find("room:forbidden").unwrap().0, 0);

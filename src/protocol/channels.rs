@@ -178,6 +178,7 @@ impl ChannelSet {
             Some(event) => {
                 let policy = routes
                     .get(channel.route)
+                    .filter(|r| r.allows_event(event))
                     .map_or(ClientEventPolicy::Deny, |r| r.client_events);
                 let join_ref = channel.join_ref.clone();
                 let response = client_event(policy, topic, event, &msg, me, out);

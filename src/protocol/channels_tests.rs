@@ -10,21 +10,31 @@ fn routes() -> Routes {
             pattern: Pattern::parse("room:forbidden").unwrap(),
             join: JoinPolicy::Deny,
             client_events: ClientEventPolicy::Deny,
+            events: None,
         },
         Route {
             pattern: Pattern::parse("room:*").unwrap(),
             join: JoinPolicy::Public,
             client_events: ClientEventPolicy::Broadcast,
+            events: None,
         },
         Route {
             pattern: Pattern::parse("from:*").unwrap(),
             join: JoinPolicy::Public,
             client_events: ClientEventPolicy::BroadcastFrom,
+            events: None,
         },
         Route {
             pattern: Pattern::parse("quiet:*").unwrap(),
             join: JoinPolicy::Public,
             client_events: ClientEventPolicy::Deny,
+            events: None,
+        },
+        Route {
+            pattern: Pattern::parse("chat:*").unwrap(),
+            join: JoinPolicy::Public,
+            client_events: ClientEventPolicy::Broadcast,
+            events: Some(vec!["msg".into(), "typing".into()]),
         },
     ])
 }
@@ -262,6 +272,21 @@ fn client_event_policies() {
     assert!(describe(&out)[0].contains("reserved event"));
     let out = run(&mut set, msg(Some("1"), "8", "room:a", "new_msg", "[1,2]"));
     assert!(describe(&out)[0].contains("payload must be a JSON object"));
+}
+
+#[test]
+fn an_event_allow_list_refuses_other_names() {
+    let mut set = ChannelSet::new(100);
+    run(&mut set, msg(Some("1"), "1", "chat:a", "phx_join", "{}"));
+    let out = run(&mut set, msg(Some("1"), "2", "chat:a", "typing", "{}"));
+    assert_eq!(describe(&out)[0], "publish chat:a typing exclude=false");
+    let out = run(&mut set, msg(Some("1"), "3", "chat:a", "delete_all", "{}"));
+    assert_eq!(
+        describe(&out),
+        [
+            r#"send "1" "3" chat:a phx_reply {"status":"error","response":{"reason":"unhandled event"}}"#
+        ]
+    );
 }
 
 #[test]
