@@ -14,6 +14,7 @@
 //! | [`routes`] | `[[channel]]` routes: topic patterns and their policies |
 //! | [`connect`] | who may connect (the stand-in for Phoenix's `connect/3`) |
 //! | [`auth`] | JSON Web Tokens: verification for the `jwt` connect policy, minting for `cinder token` |
+//! | [`hooks`] | backend hooks: connect, join and client event decisions by HTTP, on a worker pool |
 //! | [`limits`] | token buckets: client events per connection, accepts per shard |
 //! | [`config`] | the TOML configuration, defaults and validation |
 //! | [`metrics`] | per-shard counters |
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod config;
 pub mod connect;
 pub mod fanout;
+pub mod hooks;
 pub mod limits;
 pub mod metrics;
 pub mod protocol;

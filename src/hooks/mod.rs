@@ -1,0 +1,85 @@
+//! Backend hooks: the application decides, over HTTP, who may connect, who
+//! may join, and what a client event does — the way Phoenix apps decide in
+//! `connect/3`, `join/3` and `handle_in/3`.
+//!
+//! Calls run on a small worker pool ([`pool`]) and come back to the owning
+//! shard through its queue, so a slow or dead backend delays only the
+//! connections waiting for it, never a shard. The wire format of each call
+//! is in `docs/configuration.md` (section `[webhook]`).
+
+pub mod pool;
+
+use serde::Deserialize;
+
+pub use pool::{HookFailure, HookOutcome, HookPool, HookRequest};
+
+/// `[webhook]`: where the backend is and how patient to be with it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Base URL: calls go to `{url}/connect`, `{url}/join`, `{url}/event`.
+    pub url: Option<String>,
+    /// Deadline of one call (connect, send, response).
+    pub timeout_ms: u64,
+    /// Worker threads making calls.
+    pub workers: usize,
+    /// Calls waiting for a worker; beyond it calls fail at once as
+    /// "backend overloaded" instead of queueing without bound.
+    pub queue_size: usize,
+    /// Sent as `Authorization: Bearer <secret>` so the backend can tell
+    /// Cinder's calls from anyone else's.
+    pub secret: Option<String>,
+    /// Request headers of a WebSocket upgrade passed to the connect hook.
+    pub forward_headers: Vec<String>,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            url: None,
+            timeout_ms: 3000,
+            workers: 4,
+            queue_size: 1024,
+            secret: None,
+            forward_headers: vec![
+                "cookie".into(),
+                "origin".into(),
+                "user-agent".into(),
+                "x-forwarded-for".into(),
+            ],
+        }
+    }
+}
+
+impl HooksConfig {
+    /// Checks the values; the error names the key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(url) = &self.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(("webhook.url", "must start with http:// or https://".into()));
+            }
+        }
+        if !(10..=60_000).contains(&self.timeout_ms) {
+            return Err(("webhook.timeout_ms", "must be between 10 and 60000".into()));
+        }
+        if !(1..=256).contains(&self.workers) {
+            return Err(("webhook.workers", "must be between 1 and 256".into()));
+        }
+        if self.queue_size == 0 {
+            return Err(("webhook.queue_size", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The short reason a client sees when a hook produced no decision.
+pub fn failure_reason(failure: &HookFailure) -> &'static str {
+    match failure {
+        HookFailure::Timeout => "backend timeout",
+        HookFailure::Overloaded => "backend overloaded",
+        HookFailure::Unreachable(_) | HookFailure::BadResponse(_) => "backend unavailable",
+    }
+}
+
+#[cfg(test)]
+mod tests;
