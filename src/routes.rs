@@ -146,7 +146,7 @@ impl Route {
     pub fn allows_event(&self, event: &str) -> bool {
         self.events
             .as_ref()
-            .map_or(true, |list| list.iter().any(|e| e == event))
+            .is_none_or(|list| list.iter().any(|e| e == event))
     }
 
     /// Whether `identity` may join `topic`, which this route matches. Denied
