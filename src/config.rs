@@ -16,6 +16,7 @@ use serde::Deserialize;
 
 use crate::auth::Verifier;
 use crate::connect::{ConnectPolicy, DEFAULT_SOCKET_ID};
+use crate::hooks::HooksConfig;
 use crate::routes::{ClientEventPolicy, JoinPolicy, Pattern, Route, Routes};
 use crate::transport::origin::{CheckOriginSetting, OriginPolicy};
 
@@ -72,6 +73,8 @@ pub struct Config {
     pub connect: ConnectPolicy,
     /// The compiled `socket.check_origin`.
     pub origin: OriginPolicy,
+    /// `[webhook]`: the application's backend for hook policies.
+    pub webhook: HooksConfig,
 }
 
 /// `[server]`: where to listen and how many event loops to run.
@@ -286,6 +289,7 @@ impl Default for Config {
             routes: Routes::open_default(),
             connect: ConnectPolicy::Open,
             origin: OriginPolicy::Off,
+            webhook: HooksConfig::default(),
         }
     }
 }
@@ -297,6 +301,7 @@ struct ConfigFile {
     server: ServerConfig,
     socket: SocketConfig,
     api: ApiConfig,
+    webhook: HooksConfig,
     channel: Vec<RouteEntry>,
 }
 
@@ -366,6 +371,7 @@ impl Config {
             routes,
             connect,
             origin,
+            webhook: file.webhook,
         };
         config.validate()?;
         Ok(config)
@@ -464,6 +470,17 @@ impl Config {
                 "socket.client_events_burst",
                 "must be at least 1 when client_events_per_second is set",
             ));
+        }
+        self.webhook
+            .validate()
+            .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+        if self.webhook.url.is_none() {
+            if let Some(i) = self.routes.iter().position(|r| r.uses_webhook()) {
+                return Err(ConfigError::invalid(
+                    format!("channel[{i}]"),
+                    "a webhook policy needs webhook.url",
+                ));
+            }
         }
         if self.api.max_batch == 0 {
             return Err(ConfigError::invalid("api.max_batch", "must be at least 1"));

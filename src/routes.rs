@@ -110,6 +110,19 @@ pub enum JoinPolicy {
     /// The connection's token must list the topic (or a pattern matching
     /// it) in its `channels` claim.
     Claims,
+    /// The application's backend decides (`POST {webhook.url}/join`).
+    Webhook,
+}
+
+/// The outcome of [`Route::join_decision`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinDecision {
+    /// Join now.
+    Allow,
+    /// Refuse with `unauthorized`.
+    Deny,
+    /// Ask the backend.
+    Ask,
 }
 
 /// What a client event (any event other than join/leave/heartbeat) on a
@@ -125,6 +138,9 @@ pub enum ClientEventPolicy {
     /// relays client traffic when the config says so.
     #[default]
     Deny,
+    /// The application's backend handles it (`POST {webhook.url}/event`):
+    /// its answer is the reply, and it may ask for a broadcast.
+    Webhook,
 }
 
 /// One `[[channel]]` route.
@@ -152,17 +168,33 @@ impl Route {
     /// Whether `identity` may join `topic`, which this route matches. Denied
     /// joins get `{"reason":"unauthorized"}`, never "unmatched topic": the
     /// topic exists, the connection just may not have it.
-    pub fn may_join(&self, topic: &str, identity: &Identity) -> bool {
+    pub fn join_decision(&self, topic: &str, identity: &Identity) -> JoinDecision {
         if matches!(self.pattern, Pattern::Owned { .. }) && !self.pattern.allows(topic, identity) {
-            return false;
+            return JoinDecision::Deny;
         }
-        match self.join {
+        let allowed = match self.join {
             JoinPolicy::Public => true,
             JoinPolicy::Deny => false,
             JoinPolicy::Claims => identity.channels.iter().flatten().any(|entry| {
                 Pattern::parse(entry).is_ok_and(|allowed| allowed.allows(topic, identity))
             }),
+            JoinPolicy::Webhook => return JoinDecision::Ask,
+        };
+        if allowed {
+            JoinDecision::Allow
+        } else {
+            JoinDecision::Deny
         }
+    }
+
+    /// Whether [`Route::join_decision`] allows the join at once.
+    pub fn may_join(&self, topic: &str, identity: &Identity) -> bool {
+        self.join_decision(topic, identity) == JoinDecision::Allow
+    }
+
+    /// Whether the route calls the backend.
+    pub fn uses_webhook(&self) -> bool {
+        self.join == JoinPolicy::Webhook || self.client_events == ClientEventPolicy::Webhook
     }
 
     /// Whether the route can only work with an identity from the connect

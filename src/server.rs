@@ -15,6 +15,7 @@ use mio::{Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
+use crate::hooks::HookPool;
 use crate::metrics::ShardMetrics;
 use crate::shard::inbox::{inbox, ShardInbox, ShardMessage};
 use crate::shard::{Shard, ShardSetup};
@@ -42,6 +43,9 @@ pub enum StartError {
         /// The OS error.
         source: io::Error,
     },
+    /// Starting the backend hook workers failed.
+    #[error("cannot start the webhook workers: {0}")]
+    Hooks(io::Error),
 }
 
 /// A running server: its address, and the means to stop it.
@@ -144,6 +148,12 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     }
     let inboxes: Arc<[ShardInbox]> = inboxes.into();
     let metrics: Arc<[ShardMetrics]> = (0..shards).map(|_| ShardMetrics::default()).collect();
+    // One pool for all shards: webhook calls are rare next to deliveries,
+    // and the backend sees one bounded set of connections.
+    let hooks = match config.webhook.url {
+        Some(_) => Some(HookPool::start(&config.webhook).map_err(StartError::Hooks)?),
+        None => None,
+    };
 
     let mut threads = Vec::with_capacity(shards);
     for (id, ((poll, listener), receiver)) in
@@ -157,6 +167,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             peers: inboxes.clone(),
             config: config.clone(),
             metrics: metrics.clone(),
+            hooks: hooks.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("cinder-shard-{id}"))

@@ -17,8 +17,8 @@ use crate::connect::Identity;
 use crate::fanout::broadcast::{Broadcast, Sender};
 use crate::fanout::topics::SubscriptionSlot;
 use crate::protocol::encode::write_reply_payload;
-use crate::protocol::message::{ClientMessage, Name, RawJson};
-use crate::routes::{ClientEventPolicy, Routes, HEARTBEAT_TOPIC};
+use crate::protocol::message::{ClientMessage, Name, Payload, RawJson};
+use crate::routes::{ClientEventPolicy, JoinDecision, Routes, HEARTBEAT_TOPIC};
 
 const OK_EMPTY: &[u8] = br#"{"status":"ok","response":{}}"#;
 const UNMATCHED_TOPIC: &[u8] = br#"{"status":"error","response":{"reason":"unmatched topic"}}"#;
@@ -66,6 +66,64 @@ pub enum Action {
     },
     /// Publish a broadcast (from a client event) to every subscriber on every shard.
     Publish(Broadcast),
+    /// Ask the backend whether this join may happen; the answer comes back
+    /// through [`ChannelSet::finish_join`].
+    AskJoin(HookAsk),
+    /// Hand this client event to the backend; the shard replies with its
+    /// answer ([`hook_reply`]).
+    AskEvent(HookAsk),
+}
+
+/// A join or client event waiting for the backend, with what is needed to
+/// answer it later.
+#[derive(Debug, Clone)]
+pub struct HookAsk {
+    /// The topic.
+    pub topic: String,
+    /// The event (`phx_join` for joins).
+    pub event: String,
+    /// The client's payload.
+    pub payload: Payload,
+    /// The channel instance's join_ref (the pending join's, for joins).
+    pub join_ref: RawJson,
+    /// The join_ref to put in the reply (as the client sent it).
+    pub reply_join_ref: RawJson,
+    /// The ref to echo.
+    pub msg_ref: RawJson,
+    /// The topic as received.
+    pub topic_name: Name,
+}
+
+/// The backend's answer, as the protocol needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookVerdict {
+    /// `status: "ok"` with this response object (JSON).
+    Ok(Vec<u8>),
+    /// `status: "error"` with this response object (JSON).
+    Error(Vec<u8>),
+}
+
+/// The `phx_reply` answering a hooked join or event.
+pub fn hook_reply(ask: &HookAsk, verdict: &HookVerdict) -> Outgoing {
+    let payload = match verdict {
+        HookVerdict::Ok(response) => reply_payload("ok", response),
+        HookVerdict::Error(response) => reply_payload("error", response),
+    };
+    Outgoing {
+        join_ref: ask.reply_join_ref.clone(),
+        msg_ref: ask.msg_ref.clone(),
+        topic: ask.topic_name.clone(),
+        event: Cow::Borrowed("phx_reply"),
+        payload: Cow::Owned(payload),
+    }
+}
+
+/// A join waiting for the backend.
+#[derive(Debug)]
+struct PendingJoin {
+    topic: String,
+    join_ref: RawJson,
+    route: usize,
 }
 
 /// One joined channel.
@@ -90,6 +148,7 @@ struct JoinedChannel {
 #[derive(Debug)]
 pub struct ChannelSet {
     channels: Vec<JoinedChannel>,
+    pending: Vec<PendingJoin>,
     max_channels: usize,
 }
 
@@ -98,6 +157,7 @@ impl ChannelSet {
     pub fn new(max_channels: usize) -> ChannelSet {
         ChannelSet {
             channels: Vec::new(),
+            pending: Vec::new(),
             max_channels,
         }
     }
@@ -154,6 +214,10 @@ impl ChannelSet {
             return self.join(topic, msg, routes, identity, out);
         }
         let Some(index) = self.channels.iter().position(|c| c.topic == topic) else {
+            if event == Some("phx_leave") {
+                // Leaving while the backend decides: its answer is dropped.
+                self.pending.retain(|p| p.topic != topic);
+            }
             return self.handle_unjoined(&msg, out);
         };
         let channel = &self.channels[index];
@@ -181,11 +245,47 @@ impl ChannelSet {
                     .filter(|r| r.allows_event(event))
                     .map_or(ClientEventPolicy::Deny, |r| r.client_events);
                 let join_ref = channel.join_ref.clone();
+                if policy == ClientEventPolicy::Webhook && !is_reserved(event) {
+                    return out.push(Action::AskEvent(HookAsk {
+                        topic: topic.to_string(),
+                        event: event.to_string(),
+                        payload: msg.payload.clone(),
+                        join_ref: join_ref.clone(),
+                        reply_join_ref: join_ref,
+                        msg_ref: msg.msg_ref.clone(),
+                        topic_name: msg.topic.clone(),
+                    }));
+                }
                 let response = client_event(policy, topic, event, &msg, me, out);
                 out.push(reply(join_ref, &msg, response));
             }
             None => out.push(reply(channel.join_ref.clone(), &msg, UNHANDLED_EVENT)),
         }
+    }
+
+    /// Completes a join the backend has decided. A stale answer — the join
+    /// was left or replaced meanwhile — is dropped.
+    pub fn finish_join(&mut self, ask: &HookAsk, verdict: &HookVerdict, out: &mut Vec<Action>) {
+        let Some(index) = self
+            .pending
+            .iter()
+            .position(|p| p.topic == ask.topic && p.join_ref == ask.join_ref)
+        else {
+            return;
+        };
+        let pending = self.pending.swap_remove(index);
+        if matches!(verdict, HookVerdict::Ok(_)) {
+            self.channels.push(JoinedChannel {
+                topic: pending.topic.clone(),
+                join_ref: pending.join_ref,
+                route: pending.route,
+                slot: None,
+            });
+            out.push(Action::Subscribe {
+                topic: pending.topic,
+            });
+        }
+        out.push(Action::Send(hook_reply(ask, verdict)));
     }
 
     /// Whether `msg` is a client event (what the per-connection event rate
@@ -245,17 +345,35 @@ impl ChannelSet {
                 }
                 old.join_ref
             });
-        if self.channels.len() >= self.max_channels {
+        // A join still waiting for the backend is replaced by this one.
+        self.pending.retain(|p| p.topic != topic);
+        let join_ref = if msg.join_ref.is_null() {
+            msg.msg_ref.clone()
+        } else {
+            msg.join_ref.clone()
+        };
+        if self.channels.len() + self.pending.len() >= self.max_channels {
             out.push(reply(msg.join_ref.clone(), &msg, TOO_MANY_CHANNELS));
         } else {
-            match route.may_join(&topic, identity) {
-                false => out.push(reply(msg.join_ref.clone(), &msg, UNAUTHORIZED)),
-                true => {
-                    let join_ref = if msg.join_ref.is_null() {
-                        msg.msg_ref.clone()
-                    } else {
-                        msg.join_ref.clone()
-                    };
+            match route.join_decision(&topic, identity) {
+                JoinDecision::Deny => out.push(reply(msg.join_ref.clone(), &msg, UNAUTHORIZED)),
+                JoinDecision::Ask => {
+                    self.pending.push(PendingJoin {
+                        topic: topic.clone(),
+                        join_ref: join_ref.clone(),
+                        route: route_index,
+                    });
+                    out.push(Action::AskJoin(HookAsk {
+                        topic,
+                        event: "phx_join".to_string(),
+                        payload: msg.payload.clone(),
+                        join_ref,
+                        reply_join_ref: msg.join_ref.clone(),
+                        msg_ref: msg.msg_ref.clone(),
+                        topic_name: msg.topic.clone(),
+                    }));
+                }
+                JoinDecision::Allow => {
                     self.channels.push(JoinedChannel {
                         topic: topic.clone(),
                         join_ref,
@@ -283,7 +401,7 @@ fn client_event(
     out: &mut Vec<Action>,
 ) -> &'static [u8] {
     let exclude = match policy {
-        ClientEventPolicy::Deny => return UNHANDLED_EVENT,
+        ClientEventPolicy::Deny | ClientEventPolicy::Webhook => return UNHANDLED_EVENT,
         ClientEventPolicy::Broadcast => None,
         ClientEventPolicy::BroadcastFrom => Some(me),
     };

@@ -1,7 +1,6 @@
 //! Unit tests of the channel state machine: every rule of spec §6, no sockets.
 
 use super::*;
-use crate::protocol::message::Payload;
 use crate::routes::{JoinPolicy, Pattern, Route};
 
 fn routes() -> Routes {
@@ -28,6 +27,12 @@ fn routes() -> Routes {
             pattern: Pattern::parse("quiet:*").unwrap(),
             join: JoinPolicy::Public,
             client_events: ClientEventPolicy::Deny,
+            events: None,
+        },
+        Route {
+            pattern: Pattern::parse("hook:*").unwrap(),
+            join: JoinPolicy::Webhook,
+            client_events: ClientEventPolicy::Webhook,
             events: None,
         },
         Route {
@@ -104,6 +109,12 @@ fn describe(actions: &[Action]) -> Vec<String> {
                 b.event(),
                 b.exclude().is_some()
             ),
+            Action::AskJoin(ask) => format!(
+                "ask join {} {}",
+                ask.topic,
+                String::from_utf8_lossy(ask.join_ref.as_bytes())
+            ),
+            Action::AskEvent(ask) => format!("ask event {} {}", ask.topic, ask.event),
         })
         .collect()
 }
@@ -272,6 +283,60 @@ fn client_event_policies() {
     assert!(describe(&out)[0].contains("reserved event"));
     let out = run(&mut set, msg(Some("1"), "8", "room:a", "new_msg", "[1,2]"));
     assert!(describe(&out)[0].contains("payload must be a JSON object"));
+}
+
+fn ask_of(actions: &[Action]) -> HookAsk {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::AskJoin(ask) | Action::AskEvent(ask) => Some(ask.clone()),
+            _ => None,
+        })
+        .expect("an ask")
+}
+
+#[test]
+fn webhook_joins_wait_for_the_backend() {
+    let mut set = ChannelSet::new(100);
+    let out = run(&mut set, msg(Some("1"), "1", "hook:a", "phx_join", "{}"));
+    assert_eq!(describe(&out), [r#"ask join hook:a "1""#]);
+    assert!(set.is_empty(), "not joined until the backend says so");
+    let ask = ask_of(&out);
+    let mut out = Vec::new();
+    set.finish_join(
+        &ask,
+        &HookVerdict::Ok(br#"{"motd":"hi"}"#.to_vec()),
+        &mut out,
+    );
+    assert_eq!(
+        describe(&out),
+        [
+            "subscribe hook:a",
+            r#"send "1" "1" hook:a phx_reply {"status":"ok","response":{"motd":"hi"}}"#
+        ]
+    );
+    assert_eq!(set.len(), 1);
+    // Events on the joined channel go to the backend too.
+    let out = run(&mut set, msg(Some("1"), "2", "hook:a", "say", r#"{"t":1}"#));
+    assert_eq!(describe(&out), ["ask event hook:a say"]);
+    // A denied join, and an answer arriving after the client left.
+    let out = run(&mut set, msg(Some("3"), "3", "hook:b", "phx_join", "{}"));
+    let mut denied = Vec::new();
+    set.finish_join(
+        &ask_of(&out),
+        &HookVerdict::Error(br#"{"reason":"no"}"#.to_vec()),
+        &mut denied,
+    );
+    assert_eq!(
+        describe(&denied),
+        [r#"send "3" "3" hook:b phx_reply {"status":"error","response":{"reason":"no"}}"#]
+    );
+    let out = run(&mut set, msg(Some("4"), "4", "hook:c", "phx_join", "{}"));
+    run(&mut set, msg(Some("4"), "5", "hook:c", "phx_leave", "{}"));
+    let mut stale = Vec::new();
+    set.finish_join(&ask_of(&out), &HookVerdict::Ok(b"{}".to_vec()), &mut stale);
+    assert!(stale.is_empty(), "{:?}", describe(&stale));
+    assert_eq!(set.len(), 1);
 }
 
 #[test]

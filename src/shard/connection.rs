@@ -35,6 +35,9 @@ pub struct WebSocketSession {
 }
 
 /// Where a connection is in its life.
+// Nearly every connection spends its life as a WebSocket: boxing the session
+// would add an allocation per connection and save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Phase {
     /// Reading HTTP requests (keep-alive allowed).
@@ -70,11 +73,14 @@ pub struct Connection {
     pub last_active: Instant,
     /// Whether the key is already in the shard's flush list this turn.
     pub flush_scheduled: bool,
+    /// Unique per shard: tells this connection from a later one that reuses
+    /// its slab key (backend answers arrive late).
+    pub serial: u64,
 }
 
 impl Connection {
     /// A freshly accepted connection.
-    pub fn new(socket: TcpStream, peer: SocketAddr, now: Instant) -> Connection {
+    pub fn new(socket: TcpStream, peer: SocketAddr, now: Instant, serial: u64) -> Connection {
         Connection {
             socket,
             peer,
@@ -83,6 +89,7 @@ impl Connection {
             outbox: Outbox::default(),
             last_active: now,
             flush_scheduled: false,
+            serial,
         }
     }
 

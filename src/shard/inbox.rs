@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use super::hooks::HookDone;
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::Broadcast;
 
@@ -21,6 +22,8 @@ pub enum ShardMessage {
     Broadcast(Arc<Broadcast>),
     /// Close every local connection this forced disconnect targets (1001).
     Disconnect(Arc<DisconnectTarget>),
+    /// A backend hook answered (sent by a webhook worker).
+    HookDone(Box<HookDone>),
     /// Stop accepting, close every WebSocket with 1012, flush, exit.
     Shutdown,
 }

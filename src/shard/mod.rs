@@ -22,6 +22,7 @@
 //! actions, and the fan-out into outboxes).
 
 pub mod connection;
+pub mod hooks;
 mod http;
 pub mod inbox;
 pub mod outbox;
@@ -38,6 +39,7 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::fanout::topics::TopicTable;
+use crate::hooks::HookPool;
 use crate::limits::TokenBucket;
 use crate::metrics::ShardMetrics;
 use crate::shard::connection::{Connection, Phase, WebSocketSession};
@@ -79,6 +81,8 @@ pub struct ShardSetup {
     pub config: Arc<Config>,
     /// Counters of all shards, indexed by shard id.
     pub metrics: Arc<[ShardMetrics]>,
+    /// The backend hook pool, when `webhook.url` is set.
+    pub hooks: Option<HookPool>,
 }
 
 /// A running shard.
@@ -101,6 +105,10 @@ pub struct Shard {
     now: Instant,
     /// Accepting was paused after running out of file descriptors.
     accept_paused: bool,
+    /// The backend hook pool, when configured.
+    hooks: Option<HookPool>,
+    /// Serial number of the next accepted connection.
+    next_serial: u64,
     /// `server.accept_rate_per_shard`, when set.
     accept_bucket: Option<TokenBucket>,
     /// Set once shutdown began: when the shard exits at the latest.
@@ -123,6 +131,7 @@ impl Shard {
             peers,
             config,
             metrics,
+            hooks,
         } = setup;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -141,6 +150,8 @@ impl Shard {
             slow_consumers: Vec::new(),
             now: Instant::now(),
             accept_paused: false,
+            hooks,
+            next_serial: 0,
             accept_bucket: (accept_rate > 0)
                 .then(|| TokenBucket::new(accept_rate, accept_rate, Instant::now())),
             stop_deadline: None,
@@ -233,7 +244,8 @@ impl Shard {
                         tracing::warn!(error = %e, "cannot register a connection");
                         continue;
                     }
-                    entry.insert(Connection::new(socket, peer, self.now));
+                    self.next_serial += 1;
+                    entry.insert(Connection::new(socket, peer, self.now, self.next_serial));
                     let metrics = &self.metrics[self.id];
                     ShardMetrics::add(&metrics.accepted, 1);
                     ShardMetrics::add(&metrics.connections, 1);
@@ -262,6 +274,7 @@ impl Shard {
             match message {
                 ShardMessage::Broadcast(broadcast) => self.deliver(&broadcast),
                 ShardMessage::Disconnect(target) => self.disconnect_local(&target),
+                ShardMessage::HookDone(done) => self.on_hook_done(*done),
                 ShardMessage::Shutdown => self.begin_shutdown(),
             }
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use super::connection::Phase;
+use super::hooks::HookKind;
 use super::inbox::ShardMessage;
 use super::outbox::FlushStats;
 use super::Shard;
@@ -140,9 +141,11 @@ impl Shard {
     }
 
     /// Carries out one action of the channel state machine.
-    fn apply(&mut self, key: usize, action: Action) {
+    pub(super) fn apply(&mut self, key: usize, action: Action) {
         match action {
             Action::Send(outgoing) => self.send_message(key, &outgoing),
+            Action::AskJoin(ask) => self.ask_hook(key, HookKind::Join, ask),
+            Action::AskEvent(ask) => self.ask_hook(key, HookKind::Event, ask),
             Action::Subscribe { topic } => {
                 let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket())
                 else {

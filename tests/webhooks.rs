@@ -1,0 +1,213 @@
+//! Backend hooks against a real HTTP backend started by the test: allowing,
+//! refusing, slow and absent backends — and a shard that keeps delivering
+//! to everyone else while a hook is stuck.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Client, TestServer};
+
+type Handler = fn(&str, &serde_json::Value) -> (u16, String, Duration);
+
+/// Starts a backend; returns its base URL and a channel of (path, body).
+fn backend(handler: Handler) -> (String, mpsc::Receiver<(String, serde_json::Value)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let (seen, calls) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(head_end) = text.find("\r\n\r\n") {
+                        let length = text[..head_end]
+                            .lines()
+                            .find_map(|l| {
+                                let l = l.to_ascii_lowercase();
+                                l.strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= head_end + 4 + length {
+                            let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+                            let body: serde_json::Value =
+                                serde_json::from_slice(&buf[head_end + 4..head_end + 4 + length])
+                                    .unwrap();
+                            buf.drain(..head_end + 4 + length);
+                            let (status, answer, delay) = handler(&path, &body);
+                            let _ = seen.send((path, body));
+                            std::thread::sleep(delay);
+                            let response = format!(
+                                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                                answer.len()
+                            );
+                            if stream.write_all(response.as_bytes()).is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (url, calls)
+}
+
+fn config(url: &str, timeout_ms: u64) -> String {
+    format!(
+        "[webhook]\nurl = \"{url}\"\ntimeout_ms = {timeout_ms}\n\n\
+         [[channel]]\npattern = \"hook:*\"\njoin = \"webhook\"\nclient_events = \"webhook\"\n"
+    )
+}
+
+fn join_reply(client: &mut Client, topic: &str, r: &str) -> serde_json::Value {
+    client.send(&format!(
+        r#"["{r}","{r}","{topic}","phx_join",{{"pin":42}}]"#
+    ));
+    client.recv_json()
+}
+
+fn decide(path: &str, body: &serde_json::Value) -> (u16, String, Duration) {
+    let topic = body["topic"].as_str().unwrap_or("");
+    match (path, topic) {
+        ("/hooks/join", "hook:banned") => (
+            403,
+            r#"{"response":{"reason":"banned"}}"#.into(),
+            Duration::ZERO,
+        ),
+        ("/hooks/join", _) => (
+            200,
+            r#"{"response":{"welcome":true}}"#.into(),
+            Duration::ZERO,
+        ),
+        ("/hooks/event", _) if body["event"] == "save" => (
+            200,
+            r#"{"reply":{"saved":1},"broadcast":{"event":"saved","payload":{"by":"backend"}}}"#
+                .into(),
+            Duration::ZERO,
+        ),
+        ("/hooks/event", _) => (
+            422,
+            r#"{"response":{"reason":"bad event"}}"#.into(),
+            Duration::ZERO,
+        ),
+        _ => (404, "{}".into(), Duration::ZERO),
+    }
+}
+
+#[test]
+fn the_backend_decides_joins_and_handles_events() {
+    let (url, calls) = backend(decide);
+    let server = TestServer::start(&config(&url, 2000));
+    let mut alice = Client::connect(&server.ws_url(Some("2.0.0")));
+    let mut bob = Client::connect(&server.ws_url(Some("2.0.0")));
+    let reply = join_reply(&mut alice, "hook:lobby", "1");
+    assert_eq!(
+        reply[4],
+        serde_json::json!({"status":"ok","response":{"welcome":true}}),
+        "{reply}"
+    );
+    let (path, body) = calls.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(path, "/hooks/join");
+    assert_eq!(body["topic"], "hook:lobby");
+    assert_eq!(body["payload"], serde_json::json!({"pin":42}));
+    assert!(body["user_id"].is_null());
+    let reply = join_reply(&mut bob, "hook:banned", "1");
+    assert_eq!(
+        reply[4],
+        serde_json::json!({"status":"error","response":{"reason":"banned"}}),
+        "{reply}"
+    );
+    let reply = join_reply(&mut bob, "hook:lobby", "2");
+    assert_eq!(reply[4]["status"], "ok");
+
+    alice.send(r#"["1","9","hook:lobby","save",{"text":"hi"}]"#);
+    // Both members get the backend's broadcast; alice also gets her reply.
+    let mut alice_got = [alice.recv_json(), alice.recv_json()];
+    alice_got.sort_by_key(|m| m[3].as_str().unwrap_or("").to_string());
+    assert_eq!(alice_got[0][3], "phx_reply");
+    assert_eq!(
+        alice_got[0][4],
+        serde_json::json!({"status":"ok","response":{"saved":1}})
+    );
+    assert_eq!(alice_got[1][3], "saved");
+    let broadcast = bob.recv_json();
+    assert_eq!(broadcast[3], "saved");
+    assert_eq!(broadcast[4], serde_json::json!({"by":"backend"}));
+    alice.send(r#"["1","10","hook:lobby","nope",{}]"#);
+    let reply = alice.recv_json();
+    assert_eq!(
+        reply[4],
+        serde_json::json!({"status":"error","response":{"reason":"bad event"}})
+    );
+}
+
+fn slow(_: &str, _: &serde_json::Value) -> (u16, String, Duration) {
+    (200, "{}".into(), Duration::from_secs(3))
+}
+
+#[test]
+fn a_slow_backend_times_out_without_stalling_the_shard() {
+    let (url, _) = backend(slow);
+    let server = TestServer::start_with_shards(1, &config(&url, 1500));
+    let mut waiting = Client::connect(&server.ws_url(Some("2.0.0")));
+    let mut other = Client::connect(&server.ws_url(Some("2.0.0")));
+    other.join("room:live", "1");
+    let started = Instant::now();
+    waiting.send(r#"["1","1","hook:slow","phx_join",{}]"#);
+    // While the hook waits, the same shard keeps serving everyone else.
+    for i in 0..5 {
+        let (status, _) = server.publish(&format!(
+            r#"{{"topic":"room:live","event":"tick","payload":{{"i":{i}}}}}"#
+        ));
+        assert_eq!(status, 200);
+        let got = other.recv_json();
+        assert_eq!(got[4]["i"], i);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "deliveries waited for the hook"
+    );
+    let reply = waiting.recv_json();
+    assert_eq!(
+        reply[4],
+        serde_json::json!({"status":"error","response":{"reason":"backend timeout"}})
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "the deadline was not applied");
+}
+
+#[test]
+fn an_absent_backend_answers_backend_unavailable() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let server = TestServer::start(&config(&url, 1000));
+    let mut client = Client::connect(&server.ws_url(Some("2.0.0")));
+    let reply = join_reply(&mut client, "hook:x", "1");
+    assert_eq!(
+        reply[4],
+        serde_json::json!({"status":"error","response":{"reason":"backend unavailable"}})
+    );
+}
+
+#[test]
+fn webhook_routes_need_a_url() {
+    let err = cinder::Config::parse("[[channel]]\npattern = \"x:*\"\njoin = \"webhook\"\n", "t")
+        .unwrap_err();
+    assert!(err.to_string().contains("channel[0]"), "{err}");
+    let err = cinder::Config::parse("[webhook]\nurl = \"ftp://x\"\n", "t").unwrap_err();
+    assert!(err.to_string().contains("webhook.url"), "{err}");
+}
