@@ -10,12 +10,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::auth::Verifier;
-use crate::connect::{ConnectPolicy, DEFAULT_SOCKET_ID};
+use crate::connect::{ConnectPolicy, WebhookConnect, DEFAULT_SOCKET_ID};
 use crate::hooks::HooksConfig;
 use crate::routes::{ClientEventPolicy, JoinPolicy, Pattern, Route, Routes};
 use crate::transport::origin::{CheckOriginSetting, OriginPolicy};
@@ -159,6 +160,8 @@ pub enum AuthMode {
     None,
     /// A JWT signed with the configured key is required.
     Jwt,
+    /// The application's backend decides (`POST {webhook.url}/connect`).
+    Webhook,
 }
 
 impl Default for AuthConfig {
@@ -175,10 +178,37 @@ impl Default for AuthConfig {
 }
 
 impl AuthConfig {
+    fn check_socket_id(&self) -> Result<(), ConfigError> {
+        if !self.socket_id.contains("{user_id}") {
+            return Err(ConfigError::invalid(
+                "socket.auth.socket_id",
+                "must contain {user_id}, or every user would share one socket id",
+            ));
+        }
+        Ok(())
+    }
+
     /// Builds the connect policy, loading keys; errors name the key.
-    fn policy(&self) -> Result<ConnectPolicy, ConfigError> {
+    fn policy(&self, webhook: &HooksConfig) -> Result<ConnectPolicy, ConfigError> {
         let verifier = match (self.mode, &self.secret, &self.public_key_file) {
             (AuthMode::None, _, _) => return Ok(ConnectPolicy::Open),
+            (AuthMode::Webhook, _, _) => {
+                if webhook.url.is_none() {
+                    return Err(ConfigError::invalid(
+                        "socket.auth.mode",
+                        "\"webhook\" needs webhook.url",
+                    ));
+                }
+                self.check_socket_id()?;
+                return Ok(ConnectPolicy::Webhook(Arc::new(WebhookConnect {
+                    forward_headers: webhook
+                        .forward_headers
+                        .iter()
+                        .map(|h| h.to_ascii_lowercase())
+                        .collect(),
+                    socket_id: self.socket_id.clone(),
+                })));
+            }
             (AuthMode::Jwt, Some(_), Some(_)) => {
                 return Err(ConfigError::invalid(
                     "socket.auth",
@@ -213,12 +243,7 @@ impl AuthConfig {
                 "must not be empty",
             ));
         }
-        if !self.socket_id.contains("{user_id}") {
-            return Err(ConfigError::invalid(
-                "socket.auth.socket_id",
-                "must contain {user_id}, or every user would share one socket id",
-            ));
-        }
+        self.check_socket_id()?;
         Ok(ConnectPolicy::jwt(
             verifier,
             self.param.clone(),
@@ -350,7 +375,7 @@ impl Config {
             }
             Routes::new(routes)
         };
-        let connect = file.socket.auth.policy()?;
+        let connect = file.socket.auth.policy(&file.webhook)?;
         if matches!(connect, ConnectPolicy::Open) {
             if let Some(i) = routes.iter().position(|r| r.needs_identity()) {
                 return Err(ConfigError::invalid(

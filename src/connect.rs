@@ -62,6 +62,9 @@ pub const DEFAULT_SOCKET_ID: &str = "user_socket:{user_id}";
 pub enum ConnectDecision {
     /// Upgrade the connection.
     Accept(Identity),
+    /// Ask the application's backend (`POST {webhook.url}/connect` with
+    /// this body); the upgrade waits for the answer.
+    Ask(Vec<u8>),
     /// Answer with this HTTP status and reason, without upgrading.
     Refuse {
         /// HTTP status (403 in Phoenix).
@@ -80,6 +83,42 @@ pub enum ConnectPolicy {
     /// A JWT is required: from the connect parameter `param`, or else from
     /// the auth-token subprotocol.
     Jwt(Arc<JwtPolicy>),
+    /// The application's backend decides.
+    Webhook(Arc<WebhookConnect>),
+}
+
+/// The `webhook` connect policy's settings.
+#[derive(Debug)]
+pub struct WebhookConnect {
+    /// Upgrade request headers passed to the backend (lowercase names).
+    pub forward_headers: Vec<String>,
+    /// Socket id template (`{user_id}` replaced).
+    pub socket_id: String,
+}
+
+impl WebhookConnect {
+    /// The identity the backend's 2xx answer describes:
+    /// `{"user_id": "alice", "channels": ["room:*"]}`, both optional.
+    pub fn identity_from(&self, answer: &[u8]) -> Identity {
+        let value: serde_json::Value = serde_json::from_slice(answer).unwrap_or_default();
+        let user_id = value.get("user_id").and_then(|v| match v {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        });
+        let channels = value.get("channels").and_then(|c| {
+            serde_json::from_value::<crate::auth::ChannelsClaim>(c.clone())
+                .ok()
+                .map(|c| c.entries())
+        });
+        Identity {
+            socket_id: user_id
+                .as_ref()
+                .map(|id| self.socket_id.replace("{user_id}", id)),
+            user_id,
+            channels,
+        }
+    }
 }
 
 /// The `jwt` policy's settings.
@@ -101,10 +140,35 @@ impl ConnectPolicy {
         }))
     }
 
-    /// Decides whether `request` may connect.
-    pub fn decide(&self, request: &ConnectRequest<'_>) -> ConnectDecision {
+    /// Decides whether `request` may connect. `headers` are the upgrade
+    /// request's headers (only the webhook policy reads them).
+    pub fn decide(
+        &self,
+        request: &ConnectRequest<'_>,
+        headers: &[(String, String)],
+    ) -> ConnectDecision {
         match self {
             ConnectPolicy::Open => ConnectDecision::Accept(Identity::default()),
+            ConnectPolicy::Webhook(policy) => {
+                let mut params = serde_json::Map::new();
+                for (name, value) in request.params {
+                    params.insert(name.clone(), serde_json::Value::from(value.clone()));
+                }
+                let mut forwarded = serde_json::Map::new();
+                for (name, value) in headers {
+                    let name = name.to_ascii_lowercase();
+                    if policy.forward_headers.contains(&name) {
+                        forwarded.insert(name, serde_json::Value::from(value.clone()));
+                    }
+                }
+                let body = serde_json::json!({
+                    "params": params,
+                    "headers": forwarded,
+                    "peer": request.peer.to_string(),
+                    "auth_token": request.auth_token,
+                });
+                ConnectDecision::Ask(serde_json::to_vec(&body).unwrap_or_default())
+            }
             ConnectPolicy::Jwt(policy) => {
                 // The last value wins, as with every connect param.
                 let token = request
@@ -171,20 +235,23 @@ mod tests {
             socket_id: Some("user_socket:alice".into()),
         });
         let params = vec![("token".to_string(), token.clone())];
-        assert_eq!(policy.decide(&request(&params, None)), alice);
-        assert_eq!(policy.decide(&request(&[], Some(&token))), alice);
+        assert_eq!(policy.decide(&request(&params, None), &[]), alice);
+        assert_eq!(policy.decide(&request(&[], Some(&token)), &[]), alice);
         let refused = |reason: &str| ConnectDecision::Refuse {
             status: 403,
             reason: reason.into(),
         };
-        assert_eq!(policy.decide(&request(&[], None)), refused("missing token"));
+        assert_eq!(
+            policy.decide(&request(&[], None), &[]),
+            refused("missing token")
+        );
         let bad = vec![("token".to_string(), "x.y.z".to_string())];
         assert_eq!(
-            policy.decide(&request(&bad, Some(&token))),
+            policy.decide(&request(&bad, Some(&token)), &[]),
             refused("malformed token")
         );
         assert_eq!(
-            ConnectPolicy::Open.decide(&request(&[], None)),
+            ConnectPolicy::Open.decide(&request(&[], None), &[]),
             ConnectDecision::Accept(Identity::default())
         );
     }

@@ -186,7 +186,10 @@ fn a_slow_backend_times_out_without_stalling_the_shard() {
         reply[4],
         serde_json::json!({"status":"error","response":{"reason":"backend timeout"}})
     );
-    assert!(started.elapsed() < Duration::from_secs(3), "the deadline was not applied");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the deadline was not applied"
+    );
 }
 
 #[test]
@@ -210,4 +213,69 @@ fn webhook_routes_need_a_url() {
     assert!(err.to_string().contains("channel[0]"), "{err}");
     let err = cinder::Config::parse("[webhook]\nurl = \"ftp://x\"\n", "t").unwrap_err();
     assert!(err.to_string().contains("webhook.url"), "{err}");
+}
+
+fn connect_decider(path: &str, body: &serde_json::Value) -> (u16, String, Duration) {
+    if path != "/hooks/connect" {
+        return (404, "{}".into(), Duration::ZERO);
+    }
+    match body["params"]["token"].as_str() {
+        Some("good") => (
+            200,
+            r#"{"user_id":"alice","channels":["room:*"]}"#.into(),
+            Duration::ZERO,
+        ),
+        Some("slow") => (200, "{}".into(), Duration::from_secs(3)),
+        Some("broken") => (500, "oops".into(), Duration::ZERO),
+        _ => (403, r#"{"reason":"bad token"}"#.into(), Duration::ZERO),
+    }
+}
+
+fn connect_config(url: &str) -> String {
+    format!(
+        "[socket.auth]\nmode = \"webhook\"\n\n[webhook]\nurl = \"{url}\"\ntimeout_ms = 500\n\n\
+         [[channel]]\npattern = \"user:{{user_id}}\"\njoin = \"public\"\n"
+    )
+}
+
+fn upgrade(server: &TestServer, token: &str) -> (u16, String) {
+    server.http(&format!(
+        "GET /socket/websocket?vsn=2.0.0&token={token} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nUser-Agent: test-agent\r\n\r\n"
+    ))
+}
+
+#[test]
+fn the_backend_decides_who_connects_and_who_they_are() {
+    let (url, calls) = backend(connect_decider);
+    let server = TestServer::start(&connect_config(&url));
+    let mut alice = Client::connect(&format!("{}&token=good", server.ws_url(Some("2.0.0"))));
+    let (path, body) = calls.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(path, "/hooks/connect");
+    assert_eq!(body["params"]["token"], "good");
+    assert_eq!(body["params"]["vsn"], "2.0.0");
+    assert!(
+        body["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{body}"
+    );
+    alice.join("user:alice", "1");
+    let reply = join_reply(&mut alice, "user:bob", "2");
+    assert_eq!(reply[4]["response"]["reason"], "unauthorized", "{reply}");
+
+    let (status, body) = upgrade(&server, "nope");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("bad token"), "{body}");
+    let (_, forwarded) = calls.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        forwarded["headers"]["user-agent"], "test-agent",
+        "{forwarded}"
+    );
+    let (status, body) = upgrade(&server, "broken");
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = upgrade(&server, "slow");
+    assert_eq!(
+        (status, body.contains("backend timeout")),
+        (503, true),
+        "{body}"
+    );
 }

@@ -34,6 +34,17 @@ pub struct WebSocketSession {
     pub limiter: Option<EventLimiter>,
 }
 
+/// What finishing a parked upgrade needs.
+#[derive(Debug)]
+pub struct PendingUpgrade {
+    /// The serializer `vsn` asked for.
+    pub serializer: Serializer,
+    /// The `Sec-WebSocket-Accept` value.
+    pub accept_key: String,
+    /// The subprotocol to echo, if any.
+    pub subprotocol: Option<String>,
+}
+
 /// Where a connection is in its life.
 // Nearly every connection spends its life as a WebSocket: boxing the session
 // would add an allocation per connection and save nothing.
@@ -42,6 +53,9 @@ pub struct WebSocketSession {
 pub enum Phase {
     /// Reading HTTP requests (keep-alive allowed).
     Http,
+    /// A valid upgrade request waits for the backend's connect decision;
+    /// nothing has been answered yet.
+    Authorizing(Box<PendingUpgrade>),
     /// Upgraded; speaking Phoenix over WebSocket.
     WebSocket(WebSocketSession),
     /// Going away: flush what is queued, shut the write side, wait for the

@@ -8,9 +8,10 @@
 use base64::Engine as _;
 use serde_json::Value;
 
+use super::connection::Phase;
 use super::inbox::ShardMessage;
 use super::Shard;
-use crate::connect::Identity;
+use crate::connect::{ConnectPolicy, Identity};
 use crate::fanout::broadcast::Broadcast;
 use crate::hooks::{failure_reason, HookOutcome, HookRequest};
 use crate::protocol::channels::{hook_reply, Action, HookAsk, HookVerdict};
@@ -40,7 +41,82 @@ pub struct HookDone {
     pub outcome: HookOutcome,
 }
 
+/// The backend's connect decision on its way back.
+#[derive(Debug)]
+pub struct ConnectDone {
+    /// The connection's slab key.
+    pub key: usize,
+    /// The connection's serial number.
+    pub serial: u64,
+    /// The backend's answer.
+    pub outcome: HookOutcome,
+}
+
 impl Shard {
+    /// Asks the backend whether a parked upgrade may proceed.
+    pub(super) fn ask_connect(&mut self, key: usize, body: Vec<u8>) {
+        let Some(serial) = self.connections.get(key).map(|c| c.serial) else {
+            return;
+        };
+        let Some(pool) = self.hooks.clone() else {
+            return self.refuse_upgrade(key, 503, "backend unavailable");
+        };
+        let inbox = self.peers[self.id].clone();
+        pool.submit(
+            HookRequest {
+                path: "connect",
+                body,
+                idempotent: true,
+            },
+            Box::new(move |outcome| {
+                inbox.send(ShardMessage::ConnectDone(Box::new(ConnectDone {
+                    key,
+                    serial,
+                    outcome,
+                })));
+            }),
+        );
+    }
+
+    /// Finishes or refuses a parked upgrade. 2xx admits (the body may name
+    /// `user_id` and `channels`); 401/403 refuse with 403 and the body's
+    /// `reason`; anything else, or no answer, refuses with 503 so the
+    /// client retries later.
+    pub(super) fn on_connect_done(&mut self, done: ConnectDone) {
+        let Some(conn) = self.connections.get_mut(done.key) else {
+            return;
+        };
+        if conn.serial != done.serial || !matches!(conn.phase, Phase::Authorizing(_)) {
+            return;
+        }
+        let Phase::Authorizing(pending) = std::mem::replace(&mut conn.phase, Phase::Http) else {
+            return;
+        };
+        let ConnectPolicy::Webhook(policy) = &self.config.connect else {
+            return self.refuse_upgrade(done.key, 503, "backend unavailable");
+        };
+        match done.outcome {
+            HookOutcome::Response { status, body } if (200..300).contains(&status) => {
+                let identity = policy.identity_from(&body);
+                self.complete_upgrade(done.key, *pending, identity);
+            }
+            HookOutcome::Response {
+                status: 401 | 403,
+                body,
+            } => {
+                let reason = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("reason")?.as_str().map(str::to_string))
+                    .unwrap_or_else(|| "unauthorized".to_string());
+                self.refuse_upgrade(done.key, 403, &reason);
+            }
+            HookOutcome::Response { .. } => self.refuse_upgrade(done.key, 503, "backend error"),
+            HookOutcome::Failed(failure) => {
+                self.refuse_upgrade(done.key, 503, failure_reason(&failure))
+            }
+        }
+    }
+
     /// Sends `ask` to the backend; the answer comes back as
     /// [`ShardMessage::HookDone`].
     pub(super) fn ask_hook(&mut self, key: usize, kind: HookKind, ask: HookAsk) {

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use super::connection::{Phase, WebSocketSession};
+use super::connection::{PendingUpgrade, Phase, WebSocketSession};
 use super::Shard;
 use crate::api::{self, ApiReply};
-use crate::connect::{ConnectDecision, ConnectRequest, DisconnectTarget};
+use crate::connect::{ConnectDecision, ConnectRequest, DisconnectTarget, Identity};
 use crate::limits::EventLimiter;
 use crate::metrics::ShardMetrics;
 use crate::protocol::channels::ChannelSet;
@@ -31,6 +31,8 @@ enum Handled {
     Close,
     /// Upgraded to a WebSocket; what follows is frames.
     Upgraded,
+    /// The upgrade waits for the backend's connect decision.
+    Parked,
 }
 
 impl Shard {
@@ -53,7 +55,7 @@ impl Shard {
             }
         };
         match self.handle_request(key, request) {
-            Handled::KeepAlive | Handled::Upgraded => consumed,
+            Handled::KeepAlive | Handled::Upgraded | Handled::Parked => consumed,
             Handled::Close => {
                 self.start_closing(key);
                 input.len()
@@ -215,17 +217,55 @@ impl Shard {
         {
             return refuse(self, 403, "origin not allowed");
         }
-        let identity = match self.config.connect.decide(&connect) {
+        let identity = match self.config.connect.decide(&connect, &request.headers) {
             ConnectDecision::Accept(identity) => identity,
             ConnectDecision::Refuse { status, reason } => return refuse(self, status, &reason),
+            ConnectDecision::Ask(body) => {
+                // Only well-formed upgrades are worth a backend call.
+                let accept_key = match validate_upgrade(request) {
+                    Ok(k) => k,
+                    Err(error) => return refuse(self, error.status(), &error.to_string()),
+                };
+                let pending = PendingUpgrade {
+                    serializer,
+                    accept_key,
+                    subprotocol: subprotocols.selected.clone(),
+                };
+                if let Some(conn) = self.connections.get_mut(key) {
+                    conn.phase = Phase::Authorizing(Box::new(pending));
+                }
+                self.ask_connect(key, body);
+                return Handled::Parked;
+            }
         };
         let accept_key = match validate_upgrade(request) {
             Ok(k) => k,
             Err(error) => return refuse(self, error.status(), &error.to_string()),
         };
+        let pending = PendingUpgrade {
+            serializer,
+            accept_key,
+            subprotocol: subprotocols.selected.clone(),
+        };
+        self.complete_upgrade(key, pending, identity);
+        Handled::Upgraded
+    }
+
+    /// Answers 101 and turns the connection into a WebSocket.
+    pub(super) fn complete_upgrade(
+        &mut self,
+        key: usize,
+        pending: PendingUpgrade,
+        identity: Identity,
+    ) {
         let mut out = Vec::with_capacity(256);
-        write_switching_protocols(&mut out, &accept_key, subprotocols.selected.as_deref());
+        write_switching_protocols(
+            &mut out,
+            &pending.accept_key,
+            pending.subprotocol.as_deref(),
+        );
         self.send_bytes(key, &out);
+        let serializer = pending.serializer;
         let session = WebSocketSession {
             decoder: FrameDecoder::new(self.config.socket.max_message_size),
             serializer,
@@ -243,6 +283,13 @@ impl Shard {
             conn.phase = Phase::WebSocket(session);
         }
         ShardMetrics::add(&self.metrics[self.id].websocket_upgrades, 1);
-        Handled::Upgraded
+    }
+
+    /// Refuses a parked upgrade: a JSON error, then close.
+    pub(super) fn refuse_upgrade(&mut self, key: usize, status: u16, reason: &str) {
+        let mut out = Vec::new();
+        write_json_error(&mut out, status, reason, false);
+        self.send_bytes(key, &out);
+        self.start_closing(key);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use super::hooks::HookDone;
+use super::hooks::{ConnectDone, HookDone};
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::Broadcast;
 
@@ -24,6 +24,8 @@ pub enum ShardMessage {
     Disconnect(Arc<DisconnectTarget>),
     /// A backend hook answered (sent by a webhook worker).
     HookDone(Box<HookDone>),
+    /// The backend's connect decision for a parked upgrade.
+    ConnectDone(Box<ConnectDone>),
     /// Stop accepting, close every WebSocket with 1012, flush, exit.
     Shutdown,
 }

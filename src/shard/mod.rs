@@ -58,6 +58,9 @@ const READ_CHUNK: usize = 64 * 1024;
 const READS_PER_EVENT: usize = 16;
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(250);
+/// Bytes a client may send while its upgrade waits for the backend.
+const MAX_EARLY_INPUT: usize = 64 * 1024;
+
 /// How long a closing connection waits for its peer before being dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -275,6 +278,7 @@ impl Shard {
                 ShardMessage::Broadcast(broadcast) => self.deliver(&broadcast),
                 ShardMessage::Disconnect(target) => self.disconnect_local(&target),
                 ShardMessage::HookDone(done) => self.on_hook_done(*done),
+                ShardMessage::ConnectDone(done) => self.on_connect_done(*done),
                 ShardMessage::Shutdown => self.begin_shutdown(),
             }
         }
@@ -362,6 +366,13 @@ impl Shard {
                 Phase::Http => self.process_http(key, &mut input[used..]),
                 Phase::WebSocket(_) => self.process_websocket(key, &mut input[used..]),
                 Phase::Closing { .. } => return input.len(),
+                // A client must wait for the 101 before sending frames; keep
+                // what it sent anyway, within a bound.
+                Phase::Authorizing(_) if input.len() - used > MAX_EARLY_INPUT => {
+                    self.start_closing(key);
+                    return input.len();
+                }
+                Phase::Authorizing(_) => return used,
             };
             match step {
                 0 => break,
@@ -463,7 +474,7 @@ impl Shard {
             };
             match conn.phase {
                 Phase::WebSocket(_) => self.close_websocket(key, 1012, "server shutting down"),
-                Phase::Http => self.start_closing(key),
+                Phase::Http | Phase::Authorizing(_) => self.start_closing(key),
                 Phase::Closing { .. } => {}
             }
         }
