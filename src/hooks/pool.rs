@@ -107,8 +107,20 @@ impl HookPool {
             .ok_or_else(|| std::io::Error::other("webhook.url is not set"))?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_millis(config.timeout_ms)))
+            // A 403 is the backend's answer, not a transport error.
             .http_status_as_error(false)
+            // A redirect comes back as is: POST bodies are not re-sent.
             .max_redirects(0)
+            // The backend sits next to Cinder: a proxy meant for outbound
+            // traffic must not capture these calls.
+            .proxy(None)
+            .user_agent(concat!("cinder/", env!("CARGO_PKG_VERSION")))
+            // Drop idle keep-alive connections before common backends do
+            // (Node closes after 5 s), so a call rarely lands on a
+            // connection the backend is closing.
+            .max_idle_age(Duration::from_secs(4))
+            .max_idle_connections(config.workers)
+            .max_idle_connections_per_host(config.workers)
             .build()
             .into();
         let (sender, receiver) = mpsc::sync_channel::<Job>(config.queue_size);
