@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Measures that fan-out to ordinary subscribers is unaffected while backend
+# hooks time out: the same fan-out run twice against one server, first alone,
+# then while other clients keep joining a `join = "webhook"` topic whose
+# backend answers only after 5 s (the hook deadline is 1 s, the queue small,
+# so hooks time out and overflow the whole time).
+#
+# Needs python3 (the deliberately slow backend). Usage:
+#   scripts/webhook-isolation.sh [seconds per window, default 5] [windows, default 3]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS="${1:-5}"
+RUNS="${2:-3}"
+PORT=4210
+BACKEND_PORT=4211
+OUT=target/bench-results
+mkdir -p "$OUT"
+cargo build --release -p cinder -p cinder-load
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+cat > "$TMP/slow_backend.py" <<'PY'
+import sys, time
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+class Slow(BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        time.sleep(5)
+        body = b"{}"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Slow).serve_forever()
+PY
+python3 "$TMP/slow_backend.py" "$BACKEND_PORT" 2>/dev/null &
+PIDS+=($!)
+
+cat > "$TMP/cinder.toml" <<TOML
+[server]
+bind = "127.0.0.1:$PORT"
+shards = 2
+[webhook]
+url = "http://127.0.0.1:$BACKEND_PORT/hooks"
+timeout_ms = 1000
+workers = 4
+queue_size = 64
+[[channel]]
+pattern = "hook:*"
+join = "webhook"
+[[channel]]
+pattern = "bench:*"
+join = "public"
+TOML
+target/release/cinder serve --config "$TMP/cinder.toml" --log-level error &
+SERVER_PID=$!
+PIDS+=($SERVER_PID)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.1; done
+
+fanout() {
+  target/release/cinder-load fanout --url "ws://127.0.0.1:$PORT/socket/websocket" \
+    --publish "http://127.0.0.1:$PORT/api/broadcast" --conns 1000 --rate 100 \
+    --duration "${SECS}s" --runs "$RUNS" --server-pid "$SERVER_PID" --quiet --json "$1"
+}
+
+echo "== fan-out alone"
+fanout "$OUT/webhook-isolation-baseline.json"
+
+echo "== fan-out while webhook joins time out"
+(
+  end=$((SECONDS + (SECS + 3) * RUNS + 15))
+  while [ $SECONDS -lt $end ]; do
+    target/release/cinder-load connect --url "ws://127.0.0.1:$PORT/socket/websocket" \
+      --conns 300 --topic-prefix hook --setup-timeout 10s --quiet --json "$OUT/webhook-isolation-hooks.json" >/dev/null || true
+  done
+) &
+HOOKS_LOOP=$!
+PIDS+=($HOOKS_LOOP)
+sleep 2
+fanout "$OUT/webhook-isolation-stuck.json"
+kill "$HOOKS_LOOP" 2>/dev/null || true
+wait "$HOOKS_LOOP" 2>/dev/null || true
+echo "failed joins in the last hook round:"
+grep -o '"backend [a-z]*": [0-9]*\|"join refused": [0-9]*' "$OUT/webhook-isolation-hooks.json" || true
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^cinder_(deliveries_total|broadcasts_total)" || true
