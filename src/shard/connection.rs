@@ -28,11 +28,26 @@ pub struct WebSocketSession {
     pub serializer: Serializer,
     /// The Phoenix channels joined on this socket.
     pub channels: ChannelSet,
-    /// Who the connect policy said this is.
-    pub identity: Identity,
+    /// Who the connect policy said this is; `None` for anonymous
+    /// connections, which then carry no identity allocation at all.
+    pub identity: Option<Box<Identity>>,
     /// The client event rate limit, when configured.
     pub limiter: Option<EventLimiter>,
 }
+
+impl WebSocketSession {
+    /// The connection's identity (anonymous when the policy gave none).
+    pub fn identity(&self) -> &Identity {
+        self.identity.as_deref().unwrap_or(&ANONYMOUS)
+    }
+}
+
+/// The identity of connections admitted without one.
+pub static ANONYMOUS: Identity = Identity {
+    user_id: None,
+    channels: None,
+    socket_id: None,
+};
 
 /// What finishing a parked upgrade needs.
 #[derive(Debug)]
@@ -118,5 +133,16 @@ impl Connection {
     /// Whether the connection is on its way out.
     pub fn is_closing(&self) -> bool {
         matches!(self.phase, Phase::Closing { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Idle connections are the memory budget (< 1 KiB each, see
+    /// docs/benchmarks.md): a field added here costs every connection.
+    #[test]
+    fn a_connection_stays_small() {
+        assert!(std::mem::size_of::<super::Connection>() <= 280);
+        assert!(std::mem::size_of::<super::WebSocketSession>() <= 128);
     }
 }

@@ -126,7 +126,7 @@ impl Shard {
         let serial = conn.serial;
         let identity = conn
             .websocket()
-            .map(|s| s.identity.clone())
+            .map(|s| s.identity().clone())
             .unwrap_or_default();
         let body = hook_body(kind, &ask, &identity);
         let inbox = self.peers[self.id].clone();

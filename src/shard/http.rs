@@ -270,14 +270,10 @@ impl Shard {
             decoder: FrameDecoder::new(self.config.socket.max_message_size),
             serializer,
             channels: ChannelSet::new(self.config.socket.max_channels),
-            identity,
-            limiter: (self.config.socket.client_events_per_second > 0).then(|| {
-                EventLimiter::new(
-                    self.config.socket.client_events_per_second,
-                    self.config.socket.client_events_burst,
-                    self.now,
-                )
-            }),
+            identity: (identity != Identity::default()).then(|| Box::new(identity)),
+            limiter: self
+                .event_limit
+                .map(|limit| EventLimiter::new(limit, self.clock_ms())),
         };
         if let Some(conn) = self.connections.get_mut(key) {
             conn.phase = Phase::WebSocket(session);

@@ -40,7 +40,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::fanout::topics::TopicTable;
 use crate::hooks::HookPool;
-use crate::limits::TokenBucket;
+use crate::limits::{EventLimit, TokenBucket};
 use crate::metrics::ShardMetrics;
 use crate::shard::connection::{Connection, Phase, WebSocketSession};
 use crate::shard::inbox::{InboxReceiver, ShardInbox, ShardMessage};
@@ -110,6 +110,10 @@ pub struct Shard {
     accept_paused: bool,
     /// The backend hook pool, when configured.
     hooks: Option<HookPool>,
+    /// The per-connection client event limit, when configured.
+    event_limit: Option<EventLimit>,
+    /// When the shard started: the origin of the limiters' millisecond clock.
+    epoch: Instant,
     /// Serial number of the next accepted connection.
     next_serial: u64,
     /// `server.accept_rate_per_shard`, when set.
@@ -139,6 +143,10 @@ impl Shard {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let accept_rate = config.server.accept_rate_per_shard;
+        let event_limit = (config.socket.client_events_per_second > 0).then(|| EventLimit {
+            rate: config.socket.client_events_per_second,
+            burst: config.socket.client_events_burst,
+        });
         Ok(Shard {
             id,
             poll,
@@ -154,6 +162,8 @@ impl Shard {
             now: Instant::now(),
             accept_paused: false,
             hooks,
+            event_limit,
+            epoch: Instant::now(),
             next_serial: 0,
             accept_bucket: (accept_rate > 0)
                 .then(|| TokenBucket::new(accept_rate, accept_rate, Instant::now())),
@@ -167,6 +177,12 @@ impl Shard {
 
     fn metrics(&self) -> &ShardMetrics {
         &self.metrics[self.id]
+    }
+
+    /// Milliseconds since the shard started (wraps after 49 days; the
+    /// limiters only use differences).
+    fn clock_ms(&self) -> u32 {
+        self.now.saturating_duration_since(self.epoch).as_millis() as u32
     }
 
     /// Runs the loop until shutdown completes.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
-use super::connection::Phase;
+use super::connection::{Phase, ANONYMOUS};
 use super::hooks::HookKind;
 use super::inbox::ShardMessage;
 use super::outbox::FlushStats;
@@ -108,10 +108,11 @@ impl Shard {
         };
         let mut actions = std::mem::take(&mut self.actions);
         let mut verdict = Verdict::Allow;
+        let now_ms = self.clock_ms();
         if let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket()) {
-            if let Some(limiter) = &mut session.limiter {
+            if let (Some(limiter), Some(limit)) = (&mut session.limiter, self.event_limit) {
                 if ChannelSet::is_client_event(&message) {
-                    verdict = limiter.check(self.now);
+                    verdict = limiter.check(limit, now_ms);
                 }
             }
             if verdict != Verdict::Allow {
@@ -120,7 +121,7 @@ impl Shard {
                 session.channels.handle(
                     message,
                     &self.config.routes,
-                    &session.identity,
+                    session.identity.as_deref().unwrap_or(&ANONYMOUS),
                     me,
                     &mut actions,
                 );
@@ -227,7 +228,7 @@ impl Shard {
             .iter_mut()
             .filter_map(|(key, conn)| {
                 let session = conn.websocket()?;
-                session.identity.is_target_of(target).then_some(key)
+                session.identity().is_target_of(target).then_some(key)
             })
             .collect();
         for key in keys {
