@@ -2,7 +2,8 @@
 # Measures every figure of docs/benchmarks.md in one run, on this machine:
 # the write ceiling, fan-out at 1k and 10k subscribers (64 B and 1 KiB),
 # latency at fractions of the maximum rate and at 100k deliveries/s, chat,
-# connect rate, idle memory at 1k and 15k connections, and the shard sweep.
+# connect rate, idle memory at 1k and 15k connections, presence join storms,
+# and the shard sweep.
 #
 # Each scenario gets a fresh release-built server on its own port, so RSS and
 # CPU readings belong to that scenario alone. Results: one JSON file per
@@ -26,7 +27,7 @@ API="http://127.0.0.1:$PORT/api/broadcast"
 SERVER_PID=""
 
 start_server() {
-  "$SERVER" serve --bind "127.0.0.1:$PORT" --shards "${1:-2}" --log-level warn &
+  "$SERVER" serve --bind "127.0.0.1:$PORT" --shards "${1:-2}" --log-level warn ${2:+--config "$2"} &
   SERVER_PID=$!
   for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && return 0
@@ -101,6 +102,21 @@ for conns in 1000 15000; do
   start_server 2
   run "idle-$conns" idle --url "$WS" --conns "$conns" --topics 100 --src-ips 127.0.0.2-127.0.0.9 \
     --hold 5s --server-pid "$SERVER_PID" --quiet
+  stop_server
+done
+
+# Presence join storm: 1k and 5k clients into one presence-enabled room.
+PRESENCE_CONFIG="$OUT/presence.toml"
+cat > "$PRESENCE_CONFIG" <<'TOML'
+[[channel]]
+pattern = "presence:*"
+join = "public"
+presence = true
+TOML
+for conns in 1000 5000; do
+  start_server 2 "$PRESENCE_CONFIG"
+  run "presence-$conns" presence --url "$WS" --conns "$conns" --topics 1 --topic-prefix presence \
+    --src-ips 127.0.0.2-127.0.0.9 --server-pid "$SERVER_PID" --quiet
   stop_server
 done
 

@@ -18,7 +18,8 @@ use serde::Deserialize;
 use crate::auth::Verifier;
 use crate::connect::{ConnectPolicy, WebhookConnect, DEFAULT_SOCKET_ID};
 use crate::hooks::HooksConfig;
-use crate::routes::{ClientEventPolicy, JoinPolicy, Pattern, Route, Routes};
+use crate::longpoll::LongPollConfig;
+use crate::routes::{ClientEventPolicy, JoinPolicy, Pattern, PresenceRoute, Route, Routes};
 use crate::transport::origin::{CheckOriginSetting, OriginPolicy};
 
 /// A configuration problem, naming the key and what is wrong with it.
@@ -123,6 +124,10 @@ pub struct SocketConfig {
     pub client_events_per_second: u32,
     /// Events a connection may send in a burst above the rate.
     pub client_events_burst: u32,
+    /// Whether `{path}/websocket` is served (turn off to force long-poll).
+    pub websocket: bool,
+    /// `[socket.longpoll]`: the long-poll endpoint `{path}/longpoll`.
+    pub longpoll: LongPollConfig,
     /// `[socket.auth]`: who may connect.
     pub auth: AuthConfig,
     /// The `Origin` check of WebSocket upgrades: `true` (same host as the
@@ -289,6 +294,8 @@ impl Default for SocketConfig {
             send_buffer_limit: 1024 * 1024,
             client_events_per_second: 100,
             client_events_burst: 200,
+            websocket: true,
+            longpoll: LongPollConfig::default(),
             auth: AuthConfig::default(),
             check_origin: None,
         }
@@ -340,6 +347,12 @@ struct RouteEntry {
     client_events: ClientEventPolicy,
     #[serde(default)]
     events: Option<Vec<String>>,
+    #[serde(default)]
+    presence: bool,
+    #[serde(default)]
+    presence_key: Option<String>,
+    #[serde(default)]
+    presence_event: Option<String>,
 }
 
 impl Config {
@@ -366,11 +379,36 @@ impl Config {
                 let pattern = Pattern::parse(&entry.pattern).map_err(|problem| {
                     ConfigError::invalid(format!("channel[{i}].pattern"), problem)
                 })?;
+                if !entry.presence
+                    && (entry.presence_key.is_some() || entry.presence_event.is_some())
+                {
+                    return Err(ConfigError::invalid(
+                        format!("channel[{i}]"),
+                        "presence_key and presence_event need presence = true",
+                    ));
+                }
+                if entry.presence_key.as_deref() == Some("")
+                    || entry.presence_event.as_deref().is_some_and(|e| {
+                        e.is_empty() || e.starts_with("phx_") || e.starts_with("presence_diff")
+                    })
+                {
+                    return Err(ConfigError::invalid(
+                        format!("channel[{i}]"),
+                        "presence_key must not be empty, presence_event must not be empty or reserved",
+                    ));
+                }
+                let presence = entry.presence.then(|| PresenceRoute {
+                    key_field: entry.presence_key,
+                    update_event: entry
+                        .presence_event
+                        .unwrap_or_else(|| "presence_update".to_string()),
+                });
                 routes.push(Route {
                     pattern,
                     join: entry.join,
                     client_events: entry.client_events,
                     events: entry.events,
+                    presence,
                 });
             }
             Routes::new(routes)
@@ -499,6 +537,16 @@ impl Config {
         self.webhook
             .validate()
             .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+        self.socket
+            .longpoll
+            .validate()
+            .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+        if !self.socket.websocket && !self.socket.longpoll.enabled {
+            return Err(ConfigError::invalid(
+                "socket.websocket",
+                "and socket.longpoll.enabled are both off: no client could connect",
+            ));
+        }
         if self.webhook.url.is_none() {
             if let Some(i) = self.routes.iter().position(|r| r.uses_webhook()) {
                 return Err(ConfigError::invalid(
@@ -543,81 +591,23 @@ impl Config {
 
     /// The WebSocket endpoint path, `{socket.path}/websocket`.
     pub fn websocket_path(&self) -> String {
+        self.endpoint_path("websocket")
+    }
+
+    /// The long-poll endpoint path, `{socket.path}/longpoll`.
+    pub fn longpoll_path(&self) -> String {
+        self.endpoint_path("longpoll")
+    }
+
+    fn endpoint_path(&self, transport: &str) -> String {
         if self.socket.path == "/" {
-            "/websocket".to_string()
+            format!("/{transport}")
         } else {
-            format!("{}/websocket", self.socket.path)
+            format!("{}/{transport}", self.socket.path)
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn empty_file_gives_the_defaults() {
-        let config = Config::parse("", "test").unwrap();
-        assert_eq!(config.server.bind.to_string(), "127.0.0.1:4000");
-        assert_eq!(config.socket.max_channels, 100);
-        assert_eq!(config.routes.len(), 1);
-        assert_eq!(config.websocket_path(), "/socket/websocket");
-    }
-
-    #[test]
-    fn the_documented_example_parses() {
-        let text = r#"
-            [server]
-            bind = "127.0.0.1:4000"
-            shards = 2
-
-            [[channel]]
-            pattern = "room:forbidden"
-            join = "deny"
-
-            [[channel]]
-            pattern = "room:*"
-            join = "public"
-            client_events = "broadcast"
-        "#;
-        let config = Config::parse(text, "test").unwrap();
-        assert_eq!(config.shard_count(), 2);
-        let (_, route) = config.routes.find("room:forbidden").unwrap();
-        assert_eq!(route.join, JoinPolicy::Deny);
-        let (_, route) = config.routes.find("room:lobby").unwrap();
-        assert_eq!(route.client_events, ClientEventPolicy::Broadcast);
-        assert!(config.routes.find("other").is_none());
-    }
-
-    #[test]
-    fn an_open_api_is_refused_off_loopback() {
-        let err = Config::parse("[server]\nbind = \"0.0.0.0:4000\"\n", "test").unwrap_err();
-        assert!(err.to_string().contains("api.api_key"), "{err}");
-        let ok = "[server]\nbind = \"0.0.0.0:4000\"\n[api]\napi_key = \"k\"\n";
-        assert_eq!(
-            Config::parse(ok, "test").unwrap().api.api_key.as_deref(),
-            Some("k")
-        );
-        let err = Config::parse("[api]\napi_key = \" \"\n", "test").unwrap_err();
-        assert!(err.to_string().contains("api.api_key"), "{err}");
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        let err = Config::parse("[server]\nshards = 0\n", "test").unwrap_err();
-        assert!(err.to_string().contains("server.shards"), "{err}");
-        let err = Config::parse("[socket]\npath = \"socket\"\n", "test").unwrap_err();
-        assert!(err.to_string().contains("socket.path"), "{err}");
-        let err = Config::parse(
-            "[[channel]]\npattern = \"a*b\"\njoin = \"public\"\n",
-            "test",
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("channel[0].pattern"), "{err}");
-        let err = Config::parse("[server]\nbnd = 1\n", "test").unwrap_err();
-        assert!(err.to_string().contains("bnd"), "{err}");
-        let err =
-            Config::parse("[[channel]]\npattern = \"x\"\njoin = \"maybe\"\n", "test").unwrap_err();
-        assert!(err.to_string().contains("maybe"), "{err}");
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

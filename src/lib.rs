@@ -16,6 +16,8 @@
 //! | [`auth`] | JSON Web Tokens: verification for the `jwt` connect policy, minting for `cinder token` |
 //! | [`hooks`] | backend hooks: connect, join and client event decisions by HTTP, on a worker pool |
 //! | [`limits`] | token buckets: client events per connection, accepts per shard |
+//! | [`longpoll`] | the long-poll transport: session tokens, the HTTP exchange, buffered messages |
+//! | [`presence`] | presence tracking, per-turn diffs and each shard's replica of the state |
 //! | [`config`] | the TOML configuration, defaults and validation |
 //! | [`metrics`] | per-shard counters |
 //!
@@ -30,7 +32,9 @@ pub mod connect;
 pub mod fanout;
 pub mod hooks;
 pub mod limits;
+pub mod longpoll;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod routes;
 pub mod server;

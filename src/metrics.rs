@@ -25,7 +25,8 @@ pub struct ShardMetrics {
     pub broadcasts: AtomicU64,
     /// Frames of broadcasts queued to subscribers on this shard.
     pub deliveries: AtomicU64,
-    /// Binary broadcasts not delivered to V1 subscribers (V1 has no binary form).
+    /// Binary broadcasts not delivered to V1 or long-poll subscribers (they
+    /// have no binary form).
     pub binary_skipped_v1: AtomicU64,
     /// Client messages received over WebSocket.
     pub client_messages: AtomicU64,
@@ -39,6 +40,12 @@ pub struct ShardMetrics {
     pub rate_limited: AtomicU64,
     /// Times accepting paused because the shard's accept rate was used up.
     pub accept_throttled: AtomicU64,
+    /// Long-poll sessions currently open.
+    pub longpoll_sessions: AtomicU64,
+    /// Long-poll requests moved to the shard owning their session.
+    pub longpoll_handovers: AtomicU64,
+    /// Presence diffs sent (one per changed topic per shard per loop turn).
+    pub presence_diffs: AtomicU64,
     /// Bytes written to sockets.
     pub bytes_written: AtomicU64,
     /// Vectored write calls made.
@@ -62,7 +69,7 @@ impl ShardMetrics {
 /// Renders all shards' counters in the Prometheus text format.
 pub fn render_prometheus(shards: &[ShardMetrics]) -> String {
     type Field = fn(&ShardMetrics) -> &AtomicU64;
-    let rows: [(&str, &str, &str, Field); 16] = [
+    let rows: [(&str, &str, &str, Field); 19] = [
         ("cinder_connections", "gauge", "Open connections.", |m| {
             &m.connections
         }),
@@ -116,6 +123,24 @@ pub fn render_prometheus(shards: &[ShardMetrics]) -> String {
             "counter",
             "Binary broadcasts not sent to V1 subscribers.",
             |m| &m.binary_skipped_v1,
+        ),
+        (
+            "cinder_longpoll_sessions",
+            "gauge",
+            "Long-poll sessions open.",
+            |m| &m.longpoll_sessions,
+        ),
+        (
+            "cinder_longpoll_handovers_total",
+            "counter",
+            "Long-poll requests moved to the shard owning their session.",
+            |m| &m.longpoll_handovers,
+        ),
+        (
+            "cinder_presence_diffs_total",
+            "counter",
+            "Presence diffs sent (one per changed topic, shard and loop turn).",
+            |m| &m.presence_diffs,
         ),
         (
             "cinder_client_messages_total",

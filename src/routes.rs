@@ -155,6 +155,19 @@ pub struct Route {
     /// When set, only these client event names are handled; others get
     /// `{"reason":"unhandled event"}` whatever the policy.
     pub events: Option<Vec<String>>,
+    /// Presence tracking, when the route has `presence = true`.
+    pub presence: Option<PresenceRoute>,
+}
+
+/// How a presence-enabled route tracks its joined clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceRoute {
+    /// `presence_key`: the join payload field holding the presence key.
+    /// Unset: the connection's user id, else a per-connection id.
+    pub key_field: Option<String>,
+    /// The client event that replaces the caller's metas
+    /// (`presence_update` unless configured).
+    pub update_event: String,
 }
 
 impl Route {
@@ -224,6 +237,7 @@ impl Routes {
             join: JoinPolicy::Public,
             client_events: ClientEventPolicy::Broadcast,
             events: None,
+            presence: None,
         }])
     }
 
@@ -309,6 +323,7 @@ mod tests {
             join,
             client_events: ClientEventPolicy::Deny,
             events: None,
+            presence: None,
         };
         let private = route("user:{user_id}", JoinPolicy::Public);
         assert!(private.may_join("user:alice", &who(Some("alice"), None)));
@@ -337,12 +352,14 @@ mod tests {
                 join: JoinPolicy::Deny,
                 client_events: ClientEventPolicy::Deny,
                 events: None,
+                presence: None,
             },
             Route {
                 pattern: Pattern::parse("*").unwrap(),
                 join: JoinPolicy::Public,
                 client_events: ClientEventPolicy::Broadcast,
                 events: None,
+                presence: None,
             },
         ]);
         assert_eq!(routes.find("room:forbidden").unwrap().0, 0);

@@ -16,6 +16,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::hooks::HookPool;
+use crate::longpoll::random_bytes;
+use crate::longpoll::token::TokenSigner;
 use crate::metrics::ShardMetrics;
 use crate::shard::inbox::{inbox, ShardInbox, ShardMessage};
 use crate::shard::{Shard, ShardSetup};
@@ -46,6 +48,9 @@ pub enum StartError {
     /// Starting the backend hook workers failed.
     #[error("cannot start the webhook workers: {0}")]
     Hooks(io::Error),
+    /// The operating system gave no randomness for the session key.
+    #[error("cannot generate the long-poll session key: {0}")]
+    Random(io::Error),
 }
 
 /// A running server: its address, and the means to stop it.
@@ -155,6 +160,24 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         None => None,
     };
 
+    let mut instance = [0u8; 8];
+    random_bytes(&mut instance).map_err(StartError::Random)?;
+    let instance = u64::from_be_bytes(instance);
+    let signer = match &config.socket.longpoll.secret {
+        Some(secret) => TokenSigner::new(secret.as_bytes(), instance),
+        None => {
+            let mut secret = [0u8; 32];
+            random_bytes(&mut secret).map_err(StartError::Random)?;
+            if config.socket.longpoll.enabled {
+                tracing::info!(
+                    "socket.longpoll.secret is not set: long-poll sessions use a key made at start, \
+                     so they do not survive a restart (clients open new ones)"
+                );
+            }
+            TokenSigner::new(&secret, instance)
+        }
+    };
+
     let mut threads = Vec::with_capacity(shards);
     for (id, ((poll, listener), receiver)) in
         polls.into_iter().zip(listeners).zip(receivers).enumerate()
@@ -168,6 +191,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             config: config.clone(),
             metrics: metrics.clone(),
             hooks: hooks.clone(),
+            signer: signer.clone(),
+            instance,
         };
         let thread = std::thread::Builder::new()
             .name(format!("cinder-shard-{id}"))

@@ -30,6 +30,9 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Holds C joined connections; with --server-pid reports the server's RSS per connection.
     Idle(IdleArgs),
+    /// A presence join storm: every client joins one presence-enabled
+    /// topic; counts the presence_state and presence_diff traffic.
+    Presence(PresenceArgs),
     /// Starts the Cinder binary with each shard count and runs a scenario against each.
     Sweep(SweepArgs),
     /// The machine's own limit: one pre-encoded frame per write() to C loopback sockets, no protocol.
@@ -198,6 +201,20 @@ pub struct IdleArgs {
     /// How long to hold the connections once all are joined.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub hold: Duration,
+}
+
+/// `presence`: a join storm into one presence-enabled topic.
+#[derive(Debug, Clone, Args)]
+pub struct PresenceArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: ConnArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub output: OutputArgs,
+    /// How long presence traffic must be quiet before the storm counts as over.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub settle: Duration,
 }
 
 /// `sweep`: the same scenario against the server at several shard counts.

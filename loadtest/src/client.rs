@@ -418,6 +418,8 @@ impl Client {
                 }
             }
             Incoming::ChannelEnded => return Err(Failure::ChannelEnded),
+            Incoming::PresenceState => ctx.on_presence(message, false),
+            Incoming::PresenceDiff => ctx.on_presence(message, true),
             Incoming::Unparsable => ctx.other_messages += 1,
         }
         Ok(())

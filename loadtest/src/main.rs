@@ -4,7 +4,7 @@ use clap::Parser;
 
 use cinder_load::cli::{Cli, Command};
 use cinder_load::report::Report;
-use cinder_load::scenario::{ceiling, chat, connect, fanout, idle, sweep};
+use cinder_load::scenario::{ceiling, chat, connect, fanout, idle, presence, sweep};
 
 fn main() {
     cinder_load::clock::init();
@@ -18,6 +18,9 @@ fn main() {
             connect::run(args).and_then(|r| finish(r, args.output.json.as_deref()))
         }
         Command::Idle(args) => idle::run(args).and_then(|r| finish(r, args.output.json.as_deref())),
+        Command::Presence(args) => {
+            presence::run(args).and_then(|r| finish(r, args.output.json.as_deref()))
+        }
         Command::Sweep(args) => sweep::run(args).map(|s| {
             s.print();
             println!("chart written to {}", args.svg.display());

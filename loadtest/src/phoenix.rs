@@ -82,6 +82,10 @@ pub enum Incoming {
     },
     /// `phx_close` or `phx_error` for a channel.
     ChannelEnded,
+    /// A `presence_state` push.
+    PresenceState,
+    /// A `presence_diff` broadcast.
+    PresenceDiff,
     /// Any other event: a broadcast or server push.
     Broadcast,
     /// Not a Phoenix message.
@@ -98,6 +102,8 @@ pub fn classify(ser: Serializer, message: &[u8]) -> Incoming {
         None => Incoming::Unparsable,
         Some(b"phx_reply") => parse_reply(ser, message).unwrap_or(Incoming::Unparsable),
         Some(b"phx_close") | Some(b"phx_error") => Incoming::ChannelEnded,
+        Some(b"presence_state") => Incoming::PresenceState,
+        Some(b"presence_diff") => Incoming::PresenceDiff,
         Some(_) => Incoming::Broadcast,
     }
 }

@@ -244,6 +244,32 @@ pub struct Report {
     pub heartbeat_replies: u64,
     /// Messages that were not measured broadcasts or replies.
     pub other_messages: u64,
+    /// `presence`: what the join storm cost.
+    pub presence: Option<PresenceReport>,
+}
+
+/// What a presence join storm cost (the `presence` scenario).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PresenceReport {
+    /// Members that joined the room.
+    pub members: u64,
+    /// `presence_state` pushes received (one per join).
+    pub states: u64,
+    /// `presence_diff` messages received, over all members.
+    pub diffs: u64,
+    /// Metas those diffs carried, over all members.
+    pub diff_entries: u64,
+    /// Bytes of presence messages received, over all members.
+    pub bytes: u64,
+    /// Diff messages if every join were its own diff delivered to everyone
+    /// already joined: members × (members + 1) / 2.
+    pub unbatched_diffs: u64,
+    /// `unbatched_diffs / diffs`.
+    pub batching_factor: f64,
+    /// First connect → last presence message, in seconds.
+    pub seconds: f64,
+    /// Server CPU time over the storm, with --server-pid.
+    pub server_cpu_ms: Option<f64>,
 }
 
 impl Report {
@@ -254,6 +280,25 @@ impl Report {
 
     /// Prints the human table.
     pub fn print(&self) {
+        self.print_main();
+        if let Some(p) = &self.presence {
+            println!(
+                "presence     members {}  states {}  diffs {} (unbatched would be {}, {:.1}× fewer)  metas in diffs {}  bytes {}  in {:.2} s  server cpu {}",
+                p.members,
+                p.states,
+                p.diffs,
+                p.unbatched_diffs,
+                p.batching_factor,
+                p.diff_entries,
+                p.bytes,
+                p.seconds,
+                p.server_cpu_ms
+                    .map_or_else(|| "n/a".to_string(), |ms| format!("{ms:.0} ms")),
+            );
+        }
+    }
+
+    fn print_main(&self) {
         let c = &self.connections;
         println!(
             "{} against {} ({}, {} threads)",

@@ -26,6 +26,9 @@ use crate::{clock, system};
 /// Windows a run may have; stamps naming a later one are ignored.
 pub const MAX_WINDOWS: usize = 64;
 
+/// The key every presence meta carries once (`phx_ref_prev` does not match).
+const PHX_REF_KEY: &[u8] = b"\"phx_ref\":";
+
 /// State the main thread and all workers share (atomics only).
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -51,6 +54,16 @@ pub struct Shared {
     pub chat_expected: AtomicU64,
     /// Joined members per topic.
     pub room_members: Vec<AtomicU64>,
+    /// `presence`: `presence_state` pushes received.
+    pub presence_states: AtomicU64,
+    /// `presence`: `presence_diff` messages received.
+    pub presence_diffs: AtomicU64,
+    /// `presence`: metas (joins and leaves) carried by those diffs.
+    pub presence_entries: AtomicU64,
+    /// `presence`: bytes of presence messages received.
+    pub presence_bytes: AtomicU64,
+    /// `presence`: when the last presence message arrived (clock ns).
+    pub presence_last_ns: AtomicU64,
 }
 
 impl Shared {
@@ -175,6 +188,30 @@ impl LoopContext {
         self.shared
             .chat_expected
             .fetch_add(members, Ordering::Relaxed);
+    }
+
+    /// A presence message arrived: counted, with the metas a diff carries
+    /// (each has exactly one `"phx_ref":` key).
+    pub fn on_presence(&mut self, message: &[u8], diff: bool) {
+        let shared = &self.shared;
+        if diff {
+            let metas = message
+                .windows(PHX_REF_KEY.len())
+                .filter(|w| *w == PHX_REF_KEY)
+                .count();
+            shared.presence_diffs.fetch_add(1, Ordering::Relaxed);
+            shared
+                .presence_entries
+                .fetch_add(metas as u64, Ordering::Relaxed);
+        } else {
+            shared.presence_states.fetch_add(1, Ordering::Relaxed);
+        }
+        shared
+            .presence_bytes
+            .fetch_add(message.len() as u64, Ordering::Relaxed);
+        shared
+            .presence_last_ns
+            .store(self.now_ns, Ordering::Relaxed);
     }
 
     /// A measured message arrived for the first time.

@@ -4,6 +4,7 @@
 //! | --- | --- | --- |
 //! | POST | `/api/broadcast` | publish one message or a batch |
 //! | POST | `/api/disconnect` | close every connection of a user id or socket id |
+//! | GET | `/api/presence?topic=…` | a presence topic's current state |
 //! | GET | `/healthz` | liveness |
 //! | GET | `/metrics` | Prometheus counters per shard |
 //!
@@ -26,6 +27,8 @@ pub enum Endpoint {
     Broadcast,
     /// `POST /api/disconnect`.
     Disconnect,
+    /// `GET /api/presence?topic=…`.
+    Presence,
     /// `GET /healthz`.
     Health,
     /// `GET /metrics`.
@@ -49,6 +52,7 @@ pub fn route(method: &str, path: &str) -> Option<Endpoint> {
     match (method, path) {
         ("POST", "/api/broadcast") => Some(Endpoint::Broadcast),
         ("POST", "/api/disconnect") => Some(Endpoint::Disconnect),
+        ("GET", "/api/presence") => Some(Endpoint::Presence),
         ("GET", "/healthz") => Some(Endpoint::Health),
         ("GET", "/metrics") => Some(Endpoint::Metrics),
         _ => None,
@@ -102,7 +106,7 @@ pub fn parse_disconnect(body: &[u8]) -> Result<DisconnectTarget, ApiError> {
 pub fn reply_for_unknown(_method: &str, path: &str) -> ApiReply {
     match path {
         "/api/broadcast" | "/api/disconnect" => ApiReply::MethodNotAllowed { allow: "POST" },
-        "/healthz" | "/metrics" => ApiReply::MethodNotAllowed { allow: "GET" },
+        "/healthz" | "/metrics" | "/api/presence" => ApiReply::MethodNotAllowed { allow: "GET" },
         _ => ApiReply::NotFound,
     }
 }

@@ -169,6 +169,12 @@ impl Broadcast {
         self.exclude
     }
 
+    /// Whether the payload is binary (no JSON text form: V1 and long-poll
+    /// clients cannot receive it).
+    pub fn is_binary(&self) -> bool {
+        matches!(self.payload, Payload::Binary(_))
+    }
+
     /// The frame for subscribers of `serializer`, encoded on first use.
     /// `None` when the payload cannot be expressed (binary for V1).
     #[inline]

@@ -12,6 +12,12 @@ use slab::Slab;
 
 use crate::protocol::message::Serializer;
 
+/// Subscriber keys with this bit set name a long-poll session rather than a
+/// connection. They are kept apart from the connections so the WebSocket
+/// fan-out loop stays one `Arc` clone per subscriber with no per-subscriber
+/// branch.
+pub const LONGPOLL_TAG: usize = 1 << (usize::BITS - 1);
+
 /// A subscription's position in its topic's set, kept by the connection so
 /// it can leave in O(1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +38,8 @@ pub struct SubscriberSet {
     v1: Slab<usize>,
     /// Connection keys of V2 (JSON array / binary) subscribers.
     v2: Slab<usize>,
+    /// Tagged keys of long-poll sessions (any serializer; the session knows).
+    longpoll: Slab<usize>,
 }
 
 impl SubscriberSet {
@@ -44,6 +52,12 @@ impl SubscriberSet {
         }
     }
 
+    /// The long-poll sessions subscribed (keys carry [`LONGPOLL_TAG`]).
+    #[inline]
+    pub fn longpoll(&self) -> &Slab<usize> {
+        &self.longpoll
+    }
+
     fn of_mut(&mut self, serializer: Serializer) -> &mut Slab<usize> {
         match serializer {
             Serializer::V1 => &mut self.v1,
@@ -51,9 +65,9 @@ impl SubscriberSet {
         }
     }
 
-    /// Subscribers of both serializers.
+    /// Subscribers of every kind.
     pub fn len(&self) -> usize {
-        self.v1.len() + self.v2.len()
+        self.v1.len() + self.v2.len() + self.longpoll.len()
     }
 
     /// Whether nobody is subscribed.
@@ -74,7 +88,8 @@ impl TopicTable {
         TopicTable::default()
     }
 
-    /// Adds connection `connection` to `topic`.
+    /// Adds connection `connection` (or a session, tagged with
+    /// [`LONGPOLL_TAG`]) to `topic`.
     pub fn subscribe(
         &mut self,
         topic: &str,
@@ -85,6 +100,9 @@ impl TopicTable {
             Some(set) => set,
             None => self.topics.entry(Box::from(topic)).or_default(),
         };
+        if connection & LONGPOLL_TAG != 0 {
+            return SubscriptionSlot(set.longpoll.insert(connection) | LONGPOLL_TAG);
+        }
         SubscriptionSlot(set.of_mut(serializer).insert(connection))
     }
 
@@ -95,7 +113,11 @@ impl TopicTable {
             debug_assert!(false, "unsubscribe from unknown topic {topic}");
             return;
         };
-        let removed = set.of_mut(serializer).try_remove(slot.0);
+        let removed = if slot.0 & LONGPOLL_TAG != 0 {
+            set.longpoll.try_remove(slot.0 & !LONGPOLL_TAG)
+        } else {
+            set.of_mut(serializer).try_remove(slot.0)
+        };
         debug_assert!(removed.is_some(), "unsubscribe of a vacant slot on {topic}");
         if set.is_empty() {
             self.topics.remove(topic);
@@ -134,5 +156,21 @@ mod tests {
         table.unsubscribe("room:1", Serializer::V2, c);
         assert!(table.get("room:1").is_none());
         assert_eq!(table.topic_count(), 0);
+    }
+
+    #[test]
+    fn sessions_are_kept_apart_from_connections() {
+        let mut table = TopicTable::new();
+        let conn = table.subscribe("room:1", Serializer::V2, 3);
+        let session = table.subscribe("room:1", Serializer::V2, 3 | LONGPOLL_TAG);
+        let set = table.get("room:1").unwrap();
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.of(Serializer::V2).len(), 1);
+        let sessions: Vec<usize> = set.longpoll().iter().map(|(_, &k)| k).collect();
+        assert_eq!(sessions, vec![3 | LONGPOLL_TAG]);
+        table.unsubscribe("room:1", Serializer::V2, session);
+        assert!(table.get("room:1").unwrap().longpoll().is_empty());
+        table.unsubscribe("room:1", Serializer::V2, conn);
+        assert!(table.get("room:1").is_none());
     }
 }

@@ -72,6 +72,41 @@ pub enum Action {
     /// Hand this client event to the backend; the shard replies with its
     /// answer ([`hook_reply`]).
     AskEvent(HookAsk),
+    /// Track this client's presence on a presence-enabled topic it just
+    /// joined, and push it the topic's `presence_state` (after the reply).
+    Track(PresenceJoin),
+    /// Replace this client's presence metas (`presence_update`), then reply.
+    UpdatePresence(PresenceUpdate),
+}
+
+/// A successful join on a presence-enabled route.
+#[derive(Debug, Clone)]
+pub struct PresenceJoin {
+    /// The topic.
+    pub topic: String,
+    /// The topic as received (echoed in `presence_state`).
+    pub topic_name: Name,
+    /// The channel instance's join_ref (`presence_state` carries it).
+    pub join_ref: RawJson,
+    /// The join payload (its `meta` object and maybe the presence key field).
+    pub payload: Payload,
+    /// The route's index.
+    pub route: usize,
+}
+
+/// A `presence_update` client event.
+#[derive(Debug, Clone)]
+pub struct PresenceUpdate {
+    /// The topic.
+    pub topic: String,
+    /// The event's payload: `{"meta": {...}}`.
+    pub payload: Payload,
+    /// What the reply needs: join_ref, ref and topic as received.
+    pub join_ref: RawJson,
+    /// The ref to echo.
+    pub msg_ref: RawJson,
+    /// The topic as received.
+    pub topic_name: Name,
 }
 
 /// A join or client event waiting for the backend, with what is needed to
@@ -124,6 +159,8 @@ struct PendingJoin {
     topic: String,
     join_ref: RawJson,
     route: usize,
+    /// Whether the route tracks presence.
+    presence: bool,
 }
 
 /// One joined channel.
@@ -239,6 +276,20 @@ impl ChannelSet {
                 out.push(reply(join_ref.clone(), &msg, OK_EMPTY));
                 out.push(close(join_ref, msg.topic));
             }
+            Some(event)
+                if routes
+                    .get(channel.route)
+                    .and_then(|r| r.presence.as_ref())
+                    .is_some_and(|p| p.update_event == event) =>
+            {
+                out.push(Action::UpdatePresence(PresenceUpdate {
+                    topic: topic.to_string(),
+                    payload: msg.payload.clone(),
+                    join_ref: channel.join_ref.clone(),
+                    msg_ref: msg.msg_ref.clone(),
+                    topic_name: msg.topic.clone(),
+                }));
+            }
             Some(event) => {
                 let policy = routes
                     .get(channel.route)
@@ -274,18 +325,28 @@ impl ChannelSet {
             return;
         };
         let pending = self.pending.swap_remove(index);
-        if matches!(verdict, HookVerdict::Ok(_)) {
+        let joined = matches!(verdict, HookVerdict::Ok(_));
+        if joined {
             self.channels.push(JoinedChannel {
                 topic: pending.topic.clone(),
-                join_ref: pending.join_ref,
+                join_ref: pending.join_ref.clone(),
                 route: pending.route,
                 slot: None,
             });
             out.push(Action::Subscribe {
-                topic: pending.topic,
+                topic: pending.topic.clone(),
             });
         }
         out.push(Action::Send(hook_reply(ask, verdict)));
+        if joined && pending.presence {
+            out.push(Action::Track(PresenceJoin {
+                topic: pending.topic,
+                topic_name: ask.topic_name.clone(),
+                join_ref: pending.join_ref,
+                payload: ask.payload.clone(),
+                route: pending.route,
+            }));
+        }
     }
 
     /// Whether `msg` is a client event (what the per-connection event rate
@@ -362,6 +423,7 @@ impl ChannelSet {
                         topic: topic.clone(),
                         join_ref: join_ref.clone(),
                         route: route_index,
+                        presence: route.presence.is_some(),
                     });
                     out.push(Action::AskJoin(HookAsk {
                         topic,
@@ -376,12 +438,23 @@ impl ChannelSet {
                 JoinDecision::Allow => {
                     self.channels.push(JoinedChannel {
                         topic: topic.clone(),
-                        join_ref,
+                        join_ref: join_ref.clone(),
                         route: route_index,
                         slot: None,
                     });
-                    out.push(Action::Subscribe { topic });
+                    out.push(Action::Subscribe {
+                        topic: topic.clone(),
+                    });
                     out.push(reply(msg.join_ref.clone(), &msg, OK_EMPTY));
+                    if route.presence.is_some() {
+                        out.push(Action::Track(PresenceJoin {
+                            topic,
+                            topic_name: msg.topic.clone(),
+                            join_ref,
+                            payload: msg.payload.clone(),
+                            route: route_index,
+                        }));
+                    }
                 }
             }
         }

@@ -10,36 +10,52 @@ fn routes() -> Routes {
             join: JoinPolicy::Deny,
             client_events: ClientEventPolicy::Deny,
             events: None,
+            presence: None,
         },
         Route {
             pattern: Pattern::parse("room:*").unwrap(),
             join: JoinPolicy::Public,
             client_events: ClientEventPolicy::Broadcast,
             events: None,
+            presence: None,
         },
         Route {
             pattern: Pattern::parse("from:*").unwrap(),
             join: JoinPolicy::Public,
             client_events: ClientEventPolicy::BroadcastFrom,
             events: None,
+            presence: None,
         },
         Route {
             pattern: Pattern::parse("quiet:*").unwrap(),
             join: JoinPolicy::Public,
             client_events: ClientEventPolicy::Deny,
             events: None,
+            presence: None,
         },
         Route {
             pattern: Pattern::parse("hook:*").unwrap(),
             join: JoinPolicy::Webhook,
             client_events: ClientEventPolicy::Webhook,
             events: None,
+            presence: None,
         },
         Route {
             pattern: Pattern::parse("chat:*").unwrap(),
             join: JoinPolicy::Public,
             client_events: ClientEventPolicy::Broadcast,
             events: Some(vec!["msg".into(), "typing".into()]),
+            presence: None,
+        },
+        Route {
+            pattern: Pattern::parse("lobby:*").unwrap(),
+            join: JoinPolicy::Public,
+            client_events: ClientEventPolicy::Deny,
+            events: None,
+            presence: Some(crate::routes::PresenceRoute {
+                key_field: None,
+                update_event: "presence_update".into(),
+            }),
         },
     ])
 }
@@ -102,6 +118,12 @@ fn describe(actions: &[Action]) -> Vec<String> {
                 String::from_utf8_lossy(&o.payload)
             ),
             Action::Subscribe { topic } => format!("subscribe {topic}"),
+            Action::Track(join) => format!(
+                "track {} {}",
+                join.topic,
+                String::from_utf8_lossy(join.join_ref.as_bytes())
+            ),
+            Action::UpdatePresence(update) => format!("update presence {}", update.topic),
             Action::Unsubscribe { topic, .. } => format!("unsubscribe {topic}"),
             Action::Publish(b) => format!(
                 "publish {} {} exclude={}",
@@ -404,4 +426,38 @@ fn close_all_returns_every_subscription() {
     topics.sort();
     assert_eq!(topics, ["room:1", "room:2"]);
     assert!(set.is_empty());
+}
+
+#[test]
+fn presence_routes_track_after_the_reply_and_take_updates() {
+    let mut set = ChannelSet::new(10);
+    let out = run(
+        &mut set,
+        msg(Some("1"), "1", "lobby:a", "phx_join", r#"{"meta":{}}"#),
+    );
+    assert_eq!(
+        describe(&out),
+        vec![
+            "subscribe lobby:a",
+            r#"send "1" "1" lobby:a phx_reply {"status":"ok","response":{}}"#,
+            r#"track lobby:a "1""#,
+        ]
+    );
+    let out = run(
+        &mut set,
+        msg(
+            Some("1"),
+            "2",
+            "lobby:a",
+            "presence_update",
+            r#"{"meta":{"s":1}}"#,
+        ),
+    );
+    assert_eq!(describe(&out), vec!["update presence lobby:a"]);
+    // Other events keep the route's policy; routes without presence never track.
+    let out = run(&mut set, msg(Some("1"), "3", "lobby:a", "other", "{}"));
+    assert_eq!(describe(&out).len(), 1);
+    assert!(describe(&out)[0].contains("unhandled event"));
+    let out = run(&mut set, msg(Some("2"), "4", "room:a", "phx_join", "{}"));
+    assert!(!describe(&out).iter().any(|a| a.starts_with("track")));
 }

@@ -19,11 +19,10 @@ use crate::protocol::message::Serializer;
 use crate::shard::outbox::Outbox;
 use crate::transport::frame::FrameDecoder;
 
-/// The WebSocket state of an upgraded connection.
+/// What the channel layer knows of a client, whatever carries it (a
+/// WebSocket connection or a long-poll session).
 #[derive(Debug)]
-pub struct WebSocketSession {
-    /// Incremental frame parser (reassembles fragments, enforces the size limit).
-    pub decoder: FrameDecoder,
+pub struct ClientSession {
     /// The serializer negotiated by `vsn`.
     pub serializer: Serializer,
     /// The Phoenix channels joined on this socket.
@@ -35,11 +34,20 @@ pub struct WebSocketSession {
     pub limiter: Option<EventLimiter>,
 }
 
-impl WebSocketSession {
-    /// The connection's identity (anonymous when the policy gave none).
+impl ClientSession {
+    /// The client's identity (anonymous when the policy gave none).
     pub fn identity(&self) -> &Identity {
         self.identity.as_deref().unwrap_or(&ANONYMOUS)
     }
+}
+
+/// The WebSocket state of an upgraded connection.
+#[derive(Debug)]
+pub struct WebSocketSession {
+    /// Incremental frame parser (reassembles fragments, enforces the size limit).
+    pub decoder: FrameDecoder,
+    /// The channels, identity and limits of the client.
+    pub client: ClientSession,
 }
 
 /// The identity of connections admitted without one.
@@ -54,10 +62,25 @@ pub static ANONYMOUS: Identity = Identity {
 pub struct PendingUpgrade {
     /// The serializer `vsn` asked for.
     pub serializer: Serializer,
-    /// The `Sec-WebSocket-Accept` value.
-    pub accept_key: String,
-    /// The subprotocol to echo, if any.
-    pub subprotocol: Option<String>,
+    /// The transport being opened.
+    pub transport: PendingTransport,
+}
+
+/// The transport a parked connect request opens once admitted.
+#[derive(Debug)]
+pub enum PendingTransport {
+    /// A WebSocket upgrade.
+    WebSocket {
+        /// The `Sec-WebSocket-Accept` value.
+        accept_key: String,
+        /// The subprotocol to echo, if any.
+        subprotocol: Option<String>,
+    },
+    /// A long-poll session (its creating GET is answered `410` + token).
+    LongPoll {
+        /// Whether the GET's connection stays open after the answer.
+        keep_alive: bool,
+    },
 }
 
 /// Where a connection is in its life.
@@ -73,6 +96,9 @@ pub enum Phase {
     Authorizing(Box<PendingUpgrade>),
     /// Upgraded; speaking Phoenix over WebSocket.
     WebSocket(WebSocketSession),
+    /// An HTTP request held by a long-poll session (a poll waiting for
+    /// messages, or a POST waiting for the backend): further input waits.
+    Held,
     /// Going away: flush what is queued, shut the write side, wait for the
     /// peer to hang up, and drop the socket by `deadline` at the latest.
     Closing {

@@ -8,11 +8,13 @@
 use base64::Engine as _;
 use serde_json::Value;
 
-use super::connection::Phase;
+use super::connection::{PendingTransport, Phase};
 use super::inbox::ShardMessage;
+use super::longpoll::is_session;
 use super::Shard;
 use crate::connect::{ConnectPolicy, Identity};
 use crate::fanout::broadcast::Broadcast;
+use crate::fanout::topics::LONGPOLL_TAG;
 use crate::hooks::{failure_reason, HookOutcome, HookRequest};
 use crate::protocol::channels::{hook_reply, Action, HookAsk, HookVerdict};
 use crate::protocol::message::Payload;
@@ -95,21 +97,42 @@ impl Shard {
         let ConnectPolicy::Webhook(policy) = &self.config.connect else {
             return self.refuse_upgrade(done.key, 503, "backend unavailable");
         };
+        if let PendingTransport::LongPoll { keep_alive } = pending.transport {
+            let admitted = match &done.outcome {
+                HookOutcome::Response { status, body } if (200..300).contains(status) => {
+                    Ok(policy.identity_from(body))
+                }
+                HookOutcome::Response {
+                    status: 401 | 403,
+                    body,
+                } => Err((403, refusal_reason(body))),
+                HookOutcome::Response { .. } => Err((503, "backend error".to_string())),
+                HookOutcome::Failed(failure) => Err((503, failure_reason(failure).to_string())),
+            };
+            return self.finish_session_connect(done.key, pending.serializer, keep_alive, admitted);
+        }
+        let PendingTransport::WebSocket {
+            accept_key,
+            subprotocol,
+        } = pending.transport
+        else {
+            return;
+        };
         match done.outcome {
             HookOutcome::Response { status, body } if (200..300).contains(&status) => {
                 let identity = policy.identity_from(&body);
-                self.complete_upgrade(done.key, *pending, identity);
+                self.complete_upgrade(
+                    done.key,
+                    pending.serializer,
+                    &accept_key,
+                    subprotocol.as_deref(),
+                    identity,
+                );
             }
             HookOutcome::Response {
                 status: 401 | 403,
                 body,
-            } => {
-                let reason = serde_json::from_slice::<Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("reason")?.as_str().map(str::to_string))
-                    .unwrap_or_else(|| "unauthorized".to_string());
-                self.refuse_upgrade(done.key, 403, &reason);
-            }
+            } => self.refuse_upgrade(done.key, 403, &refusal_reason(&body)),
             HookOutcome::Response { .. } => self.refuse_upgrade(done.key, 503, "backend error"),
             HookOutcome::Failed(failure) => {
                 self.refuse_upgrade(done.key, 503, failure_reason(&failure))
@@ -120,14 +143,19 @@ impl Shard {
     /// Sends `ask` to the backend; the answer comes back as
     /// [`ShardMessage::HookDone`].
     pub(super) fn ask_hook(&mut self, key: usize, kind: HookKind, ask: HookAsk) {
-        let Some(conn) = self.connections.get_mut(key) else {
+        let Some(serial) = self.client_serial(key) else {
             return;
         };
-        let serial = conn.serial;
-        let identity = conn
-            .websocket()
-            .map(|s| s.identity().clone())
-            .unwrap_or_default();
+        let Some(client) = self.client_mut(key) else {
+            return;
+        };
+        let identity = client.identity().clone();
+        if is_session(key) {
+            // A POST line waiting for this answer is held until it comes.
+            if let Some(session) = self.sessions.get_mut(key & !LONGPOLL_TAG) {
+                session.pending_asks += 1;
+            }
+        }
         let body = hook_body(kind, &ask, &identity);
         let inbox = self.peers[self.id].clone();
         let Some(pool) = self.hooks.clone() else {
@@ -168,17 +196,19 @@ impl Shard {
 
     /// Acts on a backend answer.
     pub(super) fn on_hook_done(&mut self, done: HookDone) {
-        let Some(conn) = self.connections.get_mut(done.key) else {
-            return;
-        };
-        if conn.serial != done.serial {
+        if self.client_serial(done.key) != Some(done.serial) {
             return;
         }
-        let Some(session) = conn.websocket() else {
+        let session_key = is_session(done.key).then_some(done.key & !LONGPOLL_TAG);
+        if let Some(session) = session_key.and_then(|k| self.sessions.get_mut(k)) {
+            session.pending_asks = session.pending_asks.saturating_sub(1);
+        }
+        let mut actions = std::mem::take(&mut self.actions);
+        let Some(session) = self.client_mut(done.key) else {
+            self.actions = actions;
             return;
         };
         let (verdict, broadcast) = verdict_of(done.kind, &done.outcome);
-        let mut actions = std::mem::take(&mut self.actions);
         match done.kind {
             HookKind::Join => session
                 .channels
@@ -200,7 +230,19 @@ impl Shard {
             self.apply(done.key, action);
         }
         self.actions = actions;
+        if let Some(skey) = session_key {
+            // The POST line that asked is done: go on with the next ones.
+            self.continue_post(skey);
+        }
     }
+}
+
+/// The `reason` of a refusing backend answer, or `unauthorized`.
+fn refusal_reason(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("reason")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| "unauthorized".to_string())
 }
 
 /// The JSON body of a join or event call.

@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use super::connection::{PendingUpgrade, Phase, WebSocketSession};
+use super::connection::{ClientSession, PendingTransport, PendingUpgrade, Phase, WebSocketSession};
 use super::Shard;
 use crate::api::{self, ApiReply};
 use crate::connect::{ConnectDecision, ConnectRequest, DisconnectTarget, Identity};
 use crate::limits::EventLimiter;
 use crate::metrics::ShardMetrics;
 use crate::protocol::channels::ChannelSet;
+use crate::protocol::message::Serializer;
 use crate::protocol::vsn::negotiate;
 use crate::transport::frame::FrameDecoder;
 use crate::transport::handshake::{
@@ -24,15 +25,26 @@ use crate::transport::query::{is_plain_string, last_value, parse_pairs};
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// What handling a request did to the connection.
-enum Handled {
+pub(super) enum Handled {
     /// Answered; keep reading requests.
     KeepAlive,
     /// Answered; close after the response is flushed.
     Close,
     /// Upgraded to a WebSocket; what follows is frames.
     Upgraded,
-    /// The upgrade waits for the backend's connect decision.
+    /// The upgrade (or long-poll session) waits for the backend's connect
+    /// decision.
     Parked,
+    /// A long-poll session holds the request open.
+    Held,
+    /// The request belongs to a long-poll session on shard `owner`: the
+    /// connection moves there with it.
+    HandOver {
+        /// The owning shard.
+        owner: usize,
+        /// The request, parsed.
+        request: Request,
+    },
 }
 
 impl Shard {
@@ -55,18 +67,26 @@ impl Shard {
             }
         };
         match self.handle_request(key, request) {
-            Handled::KeepAlive | Handled::Upgraded | Handled::Parked => consumed,
+            Handled::KeepAlive | Handled::Upgraded | Handled::Parked | Handled::Held => consumed,
             Handled::Close => {
                 self.start_closing(key);
+                input.len()
+            }
+            Handled::HandOver { owner, request } => {
+                self.hand_over(key, owner, request, &input[consumed..]);
                 input.len()
             }
         }
     }
 
-    fn handle_request(&mut self, key: usize, request: Request) -> Handled {
+    /// Dispatches one request by path.
+    pub(super) fn handle_request(&mut self, key: usize, request: Request) -> Handled {
         let keep_alive = request.keep_alive && self.stop_deadline.is_none();
-        if request.path == self.config.websocket_path() {
+        if self.config.socket.websocket && request.path == self.config.websocket_path() {
             return self.upgrade(key, &request);
+        }
+        if self.config.socket.longpoll.enabled && request.path == self.config.longpoll_path() {
+            return self.longpoll_request(key, request);
         }
         let mut out = Vec::new();
         if request.path.starts_with("/api/")
@@ -133,6 +153,27 @@ impl Shard {
                 }
                 Err(error) => write_json_error(&mut out, 400, &error.to_string(), keep_alive),
             },
+            Some(api::Endpoint::Presence) => {
+                let params = parse_pairs(&request.query);
+                match last_value(&params, "topic").filter(|t| !t.is_empty()) {
+                    Some(topic) => {
+                        let state = self.replica.state_json(topic);
+                        write_response(
+                            &mut out,
+                            200,
+                            &[("content-type", "application/json")],
+                            &state,
+                            keep_alive,
+                        );
+                    }
+                    None => write_json_error(
+                        &mut out,
+                        400,
+                        "the topic query parameter is required: /api/presence?topic=room:lobby",
+                        keep_alive,
+                    ),
+                }
+            }
             Some(api::Endpoint::Health) => write_response(
                 &mut out,
                 200,
@@ -228,8 +269,10 @@ impl Shard {
                 };
                 let pending = PendingUpgrade {
                     serializer,
-                    accept_key,
-                    subprotocol: subprotocols.selected.clone(),
+                    transport: PendingTransport::WebSocket {
+                        accept_key,
+                        subprotocol: subprotocols.selected.clone(),
+                    },
                 };
                 if let Some(conn) = self.connections.get_mut(key) {
                     conn.phase = Phase::Authorizing(Box::new(pending));
@@ -242,12 +285,13 @@ impl Shard {
             Ok(k) => k,
             Err(error) => return refuse(self, error.status(), &error.to_string()),
         };
-        let pending = PendingUpgrade {
+        self.complete_upgrade(
+            key,
             serializer,
-            accept_key,
-            subprotocol: subprotocols.selected.clone(),
-        };
-        self.complete_upgrade(key, pending, identity);
+            &accept_key,
+            subprotocols.selected.as_deref(),
+            identity,
+        );
         Handled::Upgraded
     }
 
@@ -255,25 +299,24 @@ impl Shard {
     pub(super) fn complete_upgrade(
         &mut self,
         key: usize,
-        pending: PendingUpgrade,
+        serializer: Serializer,
+        accept_key: &str,
+        subprotocol: Option<&str>,
         identity: Identity,
     ) {
         let mut out = Vec::with_capacity(256);
-        write_switching_protocols(
-            &mut out,
-            &pending.accept_key,
-            pending.subprotocol.as_deref(),
-        );
+        write_switching_protocols(&mut out, accept_key, subprotocol);
         self.send_bytes(key, &out);
-        let serializer = pending.serializer;
         let session = WebSocketSession {
             decoder: FrameDecoder::new(self.config.socket.max_message_size),
-            serializer,
-            channels: ChannelSet::new(self.config.socket.max_channels),
-            identity: (identity != Identity::default()).then(|| Box::new(identity)),
-            limiter: self
-                .event_limit
-                .map(|limit| EventLimiter::new(limit, self.clock_ms())),
+            client: ClientSession {
+                serializer,
+                channels: ChannelSet::new(self.config.socket.max_channels),
+                identity: (identity != Identity::default()).then(|| Box::new(identity)),
+                limiter: self
+                    .event_limit
+                    .map(|limit| EventLimiter::new(limit, self.clock_ms())),
+            },
         };
         if let Some(conn) = self.connections.get_mut(key) {
             conn.phase = Phase::WebSocket(session);

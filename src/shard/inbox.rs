@@ -12,6 +12,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use super::hooks::{ConnectDone, HookDone};
+use super::longpoll::HandOver;
+use super::presence::PresenceSync;
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::Broadcast;
 
@@ -26,6 +28,11 @@ pub enum ShardMessage {
     HookDone(Box<HookDone>),
     /// The backend's connect decision for a parked upgrade.
     ConnectDone(Box<ConnectDone>),
+    /// A long-poll request for a session this shard owns, with its
+    /// connection (moved from the shard that accepted it).
+    HandOver(Box<HandOver>),
+    /// Another shard's presence changes of one turn, for one topic.
+    Presence(Arc<PresenceSync>),
     /// Stop accepting, close every WebSocket with 1012, flush, exit.
     Shutdown,
 }

@@ -25,7 +25,9 @@ pub mod connection;
 pub mod hooks;
 mod http;
 pub mod inbox;
+pub mod longpoll;
 pub mod outbox;
+mod presence;
 mod websocket;
 
 use std::io::{self, Read};
@@ -38,12 +40,19 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::config::Config;
+use crate::fanout::topics::SubscriptionSlot;
 use crate::fanout::topics::TopicTable;
 use crate::hooks::HookPool;
 use crate::limits::{EventLimit, TokenBucket};
+use crate::longpoll::token::TokenSigner;
 use crate::metrics::ShardMetrics;
-use crate::shard::connection::{Connection, Phase, WebSocketSession};
+use crate::presence::state::PresenceReplica;
+use crate::presence::tracker::LocalPresence;
+use crate::presence::RefMinter;
+use crate::protocol::message::Serializer;
+use crate::shard::connection::{ClientSession, Connection, Phase};
 use crate::shard::inbox::{InboxReceiver, ShardInbox, ShardMessage};
+use crate::shard::longpoll::LongPollSession;
 use crate::shard::outbox::{FlushStats, Flushed};
 
 /// The listening socket's token. Connection tokens are slab keys, which never
@@ -86,6 +95,10 @@ pub struct ShardSetup {
     pub metrics: Arc<[ShardMetrics]>,
     /// The backend hook pool, when `webhook.url` is set.
     pub hooks: Option<HookPool>,
+    /// Signs and verifies long-poll session tokens (one key per process).
+    pub signer: TokenSigner,
+    /// Random per process start: in session tokens and presence refs.
+    pub instance: u64,
 }
 
 /// A running shard.
@@ -98,7 +111,18 @@ pub struct Shard {
     config: Arc<Config>,
     metrics: Arc<[ShardMetrics]>,
     connections: Slab<Connection>,
+    /// Long-poll sessions owned by this shard.
+    sessions: Slab<LongPollSession>,
+    /// Sessions that received messages this turn while a poll is held.
+    ready_sessions: Vec<usize>,
+    signer: TokenSigner,
+    /// Random per process start (names anonymous presences).
+    instance: u64,
     topics: TopicTable,
+    /// The presences this shard owns, and this turn's changes to them.
+    presence: LocalPresence,
+    /// Every presence topic's state, from all shards' diffs.
+    replica: PresenceReplica,
     /// Connections with output queued this turn (invariant 2).
     flush_list: Vec<usize>,
     /// Connections that exceeded the send buffer limit during a fan-out;
@@ -139,6 +163,8 @@ impl Shard {
             config,
             metrics,
             hooks,
+            signer,
+            instance,
         } = setup;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -156,7 +182,13 @@ impl Shard {
             config,
             metrics,
             connections: Slab::with_capacity(1024),
+            sessions: Slab::new(),
+            ready_sessions: Vec::new(),
+            signer,
+            instance,
             topics: TopicTable::new(),
+            presence: LocalPresence::new(RefMinter::new(instance as u32, id as u16)),
+            replica: PresenceReplica::default(),
             flush_list: Vec::new(),
             slow_consumers: Vec::new(),
             now: Instant::now(),
@@ -211,6 +243,15 @@ impl Shard {
                         }
                     }
                 }
+            }
+            // End of the turn: this turn's presence changes leave as one
+            // diff per topic, polls with news are answered, then one write
+            // per connection.
+            if self.presence.has_changes() {
+                self.flush_presence();
+            }
+            if !self.ready_sessions.is_empty() {
+                self.answer_ready_polls();
             }
             self.flush_all();
             if self.now >= next_tick {
@@ -295,6 +336,8 @@ impl Shard {
                 ShardMessage::Disconnect(target) => self.disconnect_local(&target),
                 ShardMessage::HookDone(done) => self.on_hook_done(*done),
                 ShardMessage::ConnectDone(done) => self.on_connect_done(*done),
+                ShardMessage::HandOver(hand_over) => self.adopt(*hand_over),
+                ShardMessage::Presence(sync) => self.on_presence_sync(&sync),
                 ShardMessage::Shutdown => self.begin_shutdown(),
             }
         }
@@ -382,13 +425,14 @@ impl Shard {
                 Phase::Http => self.process_http(key, &mut input[used..]),
                 Phase::WebSocket(_) => self.process_websocket(key, &mut input[used..]),
                 Phase::Closing { .. } => return input.len(),
-                // A client must wait for the 101 before sending frames; keep
-                // what it sent anyway, within a bound.
-                Phase::Authorizing(_) if input.len() - used > MAX_EARLY_INPUT => {
+                // A client must wait for the 101 (or a held request's
+                // answer) before sending more; keep what it sent anyway,
+                // within a bound.
+                Phase::Authorizing(_) | Phase::Held if input.len() - used > MAX_EARLY_INPUT => {
                     self.start_closing(key);
                     return input.len();
                 }
-                Phase::Authorizing(_) => return used,
+                Phase::Authorizing(_) | Phase::Held => return used,
             };
             match step {
                 0 => break,
@@ -470,6 +514,9 @@ impl Shard {
             // Not 1000: JS clients before 1.8.16 reconnect only after other codes.
             self.close_websocket(key, 1001, "idle timeout");
         }
+        if !self.sessions.is_empty() {
+            self.expire_sessions();
+        }
     }
 
     /// Stops accepting, closes every WebSocket with 1012 (service restart, so
@@ -491,8 +538,16 @@ impl Shard {
             match conn.phase {
                 Phase::WebSocket(_) => self.close_websocket(key, 1012, "server shutting down"),
                 Phase::Http | Phase::Authorizing(_) => self.start_closing(key),
-                Phase::Closing { .. } => {}
+                Phase::Held | Phase::Closing { .. } => {}
             }
+        }
+        // Held polls get 410, so clients reconnect (to the successor).
+        let sessions: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        for skey in sessions {
+            self.end_session(
+                skey | crate::fanout::topics::LONGPOLL_TAG,
+                "server shutting down",
+            );
         }
     }
 
@@ -511,7 +566,7 @@ impl Shard {
         );
         conn.pending_input = Vec::new();
         if let Phase::WebSocket(mut session) = old {
-            self.drop_subscriptions(&mut session);
+            self.drop_client_subscriptions(key, &mut session.client);
         }
         self.schedule_flush(key);
     }
@@ -523,18 +578,47 @@ impl Shard {
         };
         let _ = self.poll.registry().deregister(&mut conn.socket);
         if let Phase::WebSocket(session) = &mut conn.phase {
-            self.drop_subscriptions(session);
+            self.drop_client_subscriptions(key, &mut session.client);
         }
         ShardMetrics::sub(&self.metrics[self.id].connections, 1);
     }
 
-    /// Drops every subscription of a closing WebSocket (its channels end
-    /// silently, spec §6.9).
-    fn drop_subscriptions(&mut self, session: &mut WebSocketSession) {
-        let metrics = &self.metrics[self.id];
-        for (topic, slot) in session.channels.close_all() {
-            self.topics.unsubscribe(&topic, session.serializer, slot);
-            ShardMetrics::sub(&metrics.channels, 1);
+    /// Drops every subscription of a client that is going away (its
+    /// channels end silently, spec §6.9; its presences leave).
+    fn drop_client_subscriptions(&mut self, key: usize, client: &mut ClientSession) {
+        let serializer = client.serializer;
+        for (topic, slot) in client.channels.close_all() {
+            self.unsubscribe(key, &topic, serializer, slot);
+        }
+    }
+
+    /// Removes one subscription of client `key` (and its presence there).
+    fn unsubscribe(
+        &mut self,
+        key: usize,
+        topic: &str,
+        serializer: Serializer,
+        slot: SubscriptionSlot,
+    ) {
+        self.topics.unsubscribe(topic, serializer, slot);
+        ShardMetrics::sub(&self.metrics[self.id].channels, 1);
+        self.presence.untrack(topic, key);
+    }
+
+    /// The channel-layer client behind `key` (a WebSocket, or a tagged
+    /// long-poll session key).
+    fn client_mut(&mut self, key: usize) -> Option<&mut ClientSession> {
+        longpoll::client_of(&mut self.connections, &mut self.sessions, key)
+    }
+
+    /// The serial number of the client behind `key`.
+    fn client_serial(&self, key: usize) -> Option<u64> {
+        if longpoll::is_session(key) {
+            self.sessions
+                .get(key & !crate::fanout::topics::LONGPOLL_TAG)
+                .map(|s| s.serial)
+        } else {
+            self.connections.get(key).map(|c| c.serial)
         }
     }
 }

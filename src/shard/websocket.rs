@@ -9,10 +9,12 @@ use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use super::connection::{Phase, ANONYMOUS};
 use super::hooks::HookKind;
 use super::inbox::ShardMessage;
+use super::longpoll::{client_of, is_session};
 use super::outbox::FlushStats;
 use super::Shard;
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::{Broadcast, Sender};
+use crate::fanout::topics::LONGPOLL_TAG;
 use crate::limits::Verdict;
 use crate::metrics::ShardMetrics;
 use crate::protocol::channels::{Action, ChannelSet, Outgoing};
@@ -64,7 +66,7 @@ impl Shard {
         let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket()) else {
             return;
         };
-        let serializer = session.serializer;
+        let serializer = session.client.serializer;
         let decoded = match event {
             WsEvent::Text(mut text) => decode_text(serializer, &mut text),
             // A V1 socket has no binary form; Phoenix feeds the bytes to the
@@ -101,7 +103,9 @@ impl Shard {
         }
     }
 
-    fn on_message(&mut self, key: usize, message: ClientMessage) {
+    /// Runs one client message through the client's channels; `key` names
+    /// a WebSocket connection or (tagged) a long-poll session.
+    pub(super) fn on_message(&mut self, key: usize, message: ClientMessage) {
         let me = Sender {
             shard: self.id,
             connection: key,
@@ -109,7 +113,7 @@ impl Shard {
         let mut actions = std::mem::take(&mut self.actions);
         let mut verdict = Verdict::Allow;
         let now_ms = self.clock_ms();
-        if let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket()) {
+        if let Some(session) = client_of(&mut self.connections, &mut self.sessions, key) {
             if let (Some(limiter), Some(limit)) = (&mut session.limiter, self.event_limit) {
                 if ChannelSet::is_client_event(&message) {
                     verdict = limiter.check(limit, now_ms);
@@ -136,7 +140,7 @@ impl Shard {
             Verdict::Refuse => ShardMetrics::add(&self.metrics[self.id].rate_limited, 1),
             Verdict::Close => {
                 ShardMetrics::add(&self.metrics[self.id].rate_limited, 1);
-                self.close_websocket(key, CLOSE_POLICY_VIOLATION, "rate limit exceeded");
+                self.close_client(key, CLOSE_POLICY_VIOLATION, "rate limit exceeded");
             }
         }
     }
@@ -148,29 +152,31 @@ impl Shard {
             Action::AskJoin(ask) => self.ask_hook(key, HookKind::Join, ask),
             Action::AskEvent(ask) => self.ask_hook(key, HookKind::Event, ask),
             Action::Subscribe { topic } => {
-                let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket())
-                else {
+                let Some(session) = self.client_mut(key) else {
                     return;
                 };
-                let slot = self.topics.subscribe(&topic, session.serializer, key);
-                session.channels.set_slot(&topic, slot);
+                let serializer = session.serializer;
+                let slot = self.topics.subscribe(&topic, serializer, key);
+                if let Some(session) = self.client_mut(key) {
+                    session.channels.set_slot(&topic, slot);
+                }
                 ShardMetrics::add(&self.metrics[self.id].channels, 1);
             }
             Action::Unsubscribe { topic, slot } => {
-                let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket())
-                else {
+                let Some(serializer) = self.client_mut(key).map(|s| s.serializer) else {
                     return;
                 };
-                self.topics.unsubscribe(&topic, session.serializer, slot);
-                ShardMetrics::sub(&self.metrics[self.id].channels, 1);
+                self.unsubscribe(key, &topic, serializer, slot);
             }
+            Action::Track(track) => self.track_presence(key, track),
+            Action::UpdatePresence(update) => self.update_presence(key, update),
             Action::Publish(broadcast) => self.publish(Arc::new(broadcast)),
         }
     }
 
-    /// Encodes a message for one connection in its serializer and queues it.
-    fn send_message(&mut self, key: usize, message: &Outgoing) {
-        let Some(session) = self.connections.get_mut(key).and_then(|c| c.websocket()) else {
+    /// Encodes a message for one client in its serializer and queues it.
+    pub(super) fn send_message(&mut self, key: usize, message: &Outgoing) {
+        let Some(session) = self.client_mut(key) else {
             return;
         };
         let serializer = session.serializer;
@@ -185,6 +191,11 @@ impl Shard {
             &message.event,
             &message.payload,
         );
+        if is_session(key) {
+            self.buffer_for_session(key, body.clone());
+            self.scratch = body;
+            return;
+        }
         let mut frame = Vec::with_capacity(body.len() + 10);
         write_frame(&mut frame, OpCode::Data(Data::Text), &body);
         self.scratch = body;
@@ -205,8 +216,6 @@ impl Shard {
         }
     }
 
-    /// Publishes a broadcast from this shard: local subscribers now, other
-    /// shards through their inboxes.
     /// A forced disconnect: closes the targeted connections on every shard
     /// (this one at once, the others through their queues).
     pub(super) fn disconnect_everywhere(&mut self, target: DisconnectTarget) {
@@ -220,22 +229,43 @@ impl Shard {
     }
 
     /// Closes local WebSockets the target names with 1001, which the JS
-    /// client reconnects after (Phoenix ≥ 1.8.8). A scan: forced
-    /// disconnects are rare administrative events, not worth an index.
+    /// client reconnects after (Phoenix ≥ 1.8.8), and ends the long-poll
+    /// sessions it names. A scan: forced disconnects are rare administrative
+    /// events, not worth an index.
     pub(super) fn disconnect_local(&mut self, target: &DisconnectTarget) {
         let keys: Vec<usize> = self
             .connections
             .iter_mut()
             .filter_map(|(key, conn)| {
                 let session = conn.websocket()?;
-                session.identity().is_target_of(target).then_some(key)
+                session
+                    .client
+                    .identity()
+                    .is_target_of(target)
+                    .then_some(key)
             })
+            .chain(self.sessions.iter().filter_map(|(key, session)| {
+                let named = session.client.identity().is_target_of(target);
+                named.then_some(key | LONGPOLL_TAG)
+            }))
             .collect();
         for key in keys {
-            self.close_websocket(key, CLOSE_GOING_AWAY, "disconnected");
+            self.close_client(key, CLOSE_GOING_AWAY, "disconnected");
         }
     }
 
+    /// Closes a client: a WebSocket with `code`, a long-poll session by
+    /// ending it (its next poll gets `410`, and the client reconnects).
+    pub(super) fn close_client(&mut self, key: usize, code: u16, reason: &str) {
+        if is_session(key) {
+            self.end_session(key, reason);
+        } else {
+            self.close_websocket(key, code, reason);
+        }
+    }
+
+    /// Publishes a broadcast from this shard: local subscribers now, other
+    /// shards through their inboxes.
     pub(super) fn publish(&mut self, broadcast: Arc<Broadcast>) {
         ShardMetrics::add(&self.metrics[self.id].broadcasts, 1);
         self.deliver(&broadcast);
@@ -287,6 +317,36 @@ impl Shard {
                 delivered += 1;
             }
         }
+        if !set.longpoll().is_empty() {
+            // Long-poll sessions take the same encoded frame, whose body is
+            // the JSON text a poll answer carries. A binary frame has no
+            // long-poll form.
+            for (_, &key) in set.longpoll().iter() {
+                if Some(key) == exclude {
+                    continue;
+                }
+                let Some(session) = self.sessions.get_mut(key & !LONGPOLL_TAG) else {
+                    debug_assert!(false, "subscriber {key} has no session");
+                    continue;
+                };
+                if broadcast.is_binary() {
+                    skipped += 1;
+                    continue;
+                }
+                let Some(frame) = broadcast.frame_for(session.client.serializer) else {
+                    continue;
+                };
+                session.buffer.push_shared(frame.clone());
+                if session.buffer.bytes() > limit {
+                    self.slow_consumers.push(key);
+                }
+                if session.poll.is_some() && !session.ready {
+                    session.ready = true;
+                    self.ready_sessions.push(key & !LONGPOLL_TAG);
+                }
+                delivered += 1;
+            }
+        }
         let metrics = &self.metrics[self.id];
         ShardMetrics::add(&metrics.deliveries, delivered);
         if skipped > 0 {
@@ -296,7 +356,11 @@ impl Shard {
         // was borrowing; hence the deferred list.
         let slow = std::mem::take(&mut self.slow_consumers);
         for &key in &slow {
-            self.relieve_or_close(key);
+            if is_session(key) {
+                self.end_slow_session(key);
+            } else {
+                self.relieve_or_close(key);
+            }
         }
         self.slow_consumers = slow;
         self.slow_consumers.clear();

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod connect;
 pub mod fanout;
 pub mod idle;
+pub mod presence;
 pub mod sweep;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,69 @@
+//! Tests of configuration parsing and validation.
+
+use super::*;
+
+#[test]
+fn empty_file_gives_the_defaults() {
+    let config = Config::parse("", "test").unwrap();
+    assert_eq!(config.server.bind.to_string(), "127.0.0.1:4000");
+    assert_eq!(config.socket.max_channels, 100);
+    assert_eq!(config.routes.len(), 1);
+    assert_eq!(config.websocket_path(), "/socket/websocket");
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let text = r#"
+        [server]
+        bind = "127.0.0.1:4000"
+        shards = 2
+
+        [[channel]]
+        pattern = "room:forbidden"
+        join = "deny"
+
+        [[channel]]
+        pattern = "room:*"
+        join = "public"
+        client_events = "broadcast"
+    "#;
+    let config = Config::parse(text, "test").unwrap();
+    assert_eq!(config.shard_count(), 2);
+    let (_, route) = config.routes.find("room:forbidden").unwrap();
+    assert_eq!(route.join, JoinPolicy::Deny);
+    let (_, route) = config.routes.find("room:lobby").unwrap();
+    assert_eq!(route.client_events, ClientEventPolicy::Broadcast);
+    assert!(config.routes.find("other").is_none());
+}
+
+#[test]
+fn an_open_api_is_refused_off_loopback() {
+    let err = Config::parse("[server]\nbind = \"0.0.0.0:4000\"\n", "test").unwrap_err();
+    assert!(err.to_string().contains("api.api_key"), "{err}");
+    let ok = "[server]\nbind = \"0.0.0.0:4000\"\n[api]\napi_key = \"k\"\n";
+    assert_eq!(
+        Config::parse(ok, "test").unwrap().api.api_key.as_deref(),
+        Some("k")
+    );
+    let err = Config::parse("[api]\napi_key = \" \"\n", "test").unwrap_err();
+    assert!(err.to_string().contains("api.api_key"), "{err}");
+}
+
+#[test]
+fn errors_name_the_key() {
+    let err = Config::parse("[server]\nshards = 0\n", "test").unwrap_err();
+    assert!(err.to_string().contains("server.shards"), "{err}");
+    let err = Config::parse("[socket]\npath = \"socket\"\n", "test").unwrap_err();
+    assert!(err.to_string().contains("socket.path"), "{err}");
+    let err = Config::parse(
+        "[[channel]]\npattern = \"a*b\"\njoin = \"public\"\n",
+        "test",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("channel[0].pattern"), "{err}");
+    let err = Config::parse("[server]\nbnd = 1\n", "test").unwrap_err();
+    assert!(err.to_string().contains("bnd"), "{err}");
+    let err =
+        Config::parse("[[channel]]\npattern = \"x\"\njoin = \"maybe\"\n", "test").unwrap_err();
+    assert!(err.to_string().contains("maybe"), "{err}");
+}
