@@ -10,11 +10,12 @@
 # scenario and the printed tables in $OUT/run.log.
 #
 # Usage: scripts/benchmarks.sh [seconds per window, default 5] [windows, default 3]
+# (results go to $BENCH_OUT, default target/bench-results)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-5}"
 RUNS="${2:-3}"
-OUT=target/bench-results
+OUT="${BENCH_OUT:-target/bench-results}"
 PORT=4200
 mkdir -p "$OUT"
 : > "$OUT/run.log"

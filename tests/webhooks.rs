@@ -279,3 +279,93 @@ fn the_backend_decides_who_connects_and_who_they_are() {
         "{body}"
     );
 }
+
+/// One long-poll request on a fresh connection; returns the JSON body.
+fn longpoll(server: &TestServer, method: &str, query: &str, body: &str) -> serde_json::Value {
+    let (status, text) = server.http(&format!(
+        "{method} /socket/longpoll?{query} HTTP/1.1\r\nhost: t\r\ncontent-type: application/x-ndjson\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+}
+
+#[test]
+fn the_backend_decides_long_poll_sessions_too() {
+    let (url, _calls) = backend(connect_decider);
+    let server = TestServer::start(&connect_config(&url));
+    let opened = longpoll(&server, "GET", "vsn=2.0.0&token=good", "");
+    assert_eq!(opened["status"], 410, "{opened}");
+    let token = opened["token"].as_str().unwrap();
+    // The backend said this is alice: her private topic is hers.
+    let body = r#"["1","1","user:alice","phx_join",{}]"#;
+    let posted = longpoll(&server, "POST", &format!("vsn=2.0.0&token={token}"), body);
+    assert_eq!(posted, serde_json::json!({"status": 200}));
+    let polled = longpoll(&server, "GET", &format!("vsn=2.0.0&token={token}"), "");
+    assert!(
+        polled["messages"][0]
+            .as_str()
+            .unwrap()
+            .contains(r#""status":"ok""#),
+        "{polled}"
+    );
+    let refused = longpoll(&server, "GET", "vsn=2.0.0&token=nope", "");
+    assert_eq!(refused["status"], 403, "{refused}");
+    assert_eq!(refused["reason"], "bad token");
+}
+
+fn slow_joins(path: &str, _: &serde_json::Value) -> (u16, String, Duration) {
+    match path {
+        "/hooks/join" => (200, r#"{"response":{}}"#.into(), Duration::from_millis(300)),
+        _ => (404, "{}".into(), Duration::ZERO),
+    }
+}
+
+#[test]
+fn a_long_poll_post_waits_for_its_hooked_join_and_408s_past_the_window() {
+    let (url, _calls) = backend(slow_joins);
+    let server = TestServer::start(&format!(
+        "{}\n[socket.longpoll]\nwindow_ms = 1000\n",
+        config(&url, 5000)
+    ));
+    let token = longpoll(&server, "GET", "vsn=2.0.0", "")["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The join waits 300 ms for the backend: the POST is answered after it,
+    // and the line after the join ran after it (its reply follows the join's).
+    let lines =
+        "[\"1\",\"1\",\"hook:a\",\"phx_join\",{}]\n[\"1\",\"2\",\"hook:a\",\"phx_leave\",{}]";
+    let started = Instant::now();
+    let posted = longpoll(&server, "POST", &format!("vsn=2.0.0&token={token}"), lines);
+    assert_eq!(posted, serde_json::json!({"status": 200}));
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    let polled = longpoll(&server, "GET", &format!("vsn=2.0.0&token={token}"), "");
+    let events: Vec<String> = polled["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let m: serde_json::Value = serde_json::from_str(m.as_str().unwrap()).unwrap();
+            format!(
+                "{} {}",
+                m[1].as_str().unwrap_or("null"),
+                m[3].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(events, vec!["1 phx_reply", "2 phx_reply", "1 phx_close"]);
+    // Eight slow joins in a row (2.4 s) exceed the 1 s window: 408, later
+    // lines dropped.
+    let lines = (0..8)
+        .map(|i| format!("[\"{i}\",\"{i}\",\"hook:t{i}\",\"phx_join\",{{}}]"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let posted = longpoll(&server, "POST", &format!("vsn=2.0.0&token={token}"), &lines);
+    assert_eq!(posted, serde_json::json!({"status": 408}));
+}
