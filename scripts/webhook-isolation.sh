@@ -13,7 +13,7 @@ SECS="${1:-5}"
 RUNS="${2:-3}"
 PORT=4210
 BACKEND_PORT=4211
-OUT=target/bench-results
+OUT="${BENCH_OUT:-target/bench-results}"
 mkdir -p "$OUT"
 cargo build --release -p cinder -p cinder-load
 TMP=$(mktemp -d)
