@@ -47,6 +47,18 @@ pub(super) enum Handled {
     },
 }
 
+impl Handled {
+    /// A request answered in place: keep the connection for the next one,
+    /// or close it after the answer.
+    pub(super) fn answered(keep_alive: bool) -> Handled {
+        if keep_alive {
+            Handled::KeepAlive
+        } else {
+            Handled::Close
+        }
+    }
+}
+
 impl Shard {
     /// Parses at most one request from `input` and handles it; returns the
     /// bytes consumed (0 when the request is incomplete).
@@ -107,11 +119,7 @@ impl Shard {
                 keep_alive,
             );
             self.send_bytes(key, &out);
-            return if keep_alive {
-                Handled::KeepAlive
-            } else {
-                Handled::Close
-            };
+            return Handled::answered(keep_alive);
         }
         match api::route(&request.method, &request.path) {
             Some(api::Endpoint::Broadcast) => {
@@ -206,11 +214,7 @@ impl Shard {
             },
         }
         self.send_bytes(key, &out);
-        if keep_alive {
-            Handled::KeepAlive
-        } else {
-            Handled::Close
-        }
+        Handled::answered(keep_alive)
     }
 
     /// The WebSocket upgrade, in Phoenix's order (spec §2.4): method,

@@ -102,11 +102,7 @@ impl Shard {
     pub(super) fn longpoll_request(&mut self, key: usize, request: Request) -> Handled {
         let keep_alive = request.keep_alive && self.stop_deadline.is_none();
         let mut out = Vec::new();
-        let handled = if keep_alive {
-            Handled::KeepAlive
-        } else {
-            Handled::Close
-        };
+        let handled = Handled::answered(keep_alive);
         match request.method.as_str() {
             "OPTIONS" => {
                 let asked = request.header("access-control-request-headers");
@@ -187,11 +183,7 @@ impl Shard {
         keep_alive: bool,
     ) -> Handled {
         let mut out = Vec::new();
-        let handled = if keep_alive {
-            Handled::KeepAlive
-        } else {
-            Handled::Close
-        };
+        let handled = Handled::answered(keep_alive);
         if self.stop_deadline.is_some() {
             write_json_error(&mut out, 503, "server shutting down", false);
             self.send_bytes(key, &out);
@@ -379,12 +371,9 @@ impl Shard {
                 if let Some(session) = self.sessions.get_mut(skey) {
                     session.post = None;
                 }
-                if self.is_held(held) {
-                    let keep_alive = held.keep_alive && self.stop_deadline.is_none();
-                    let mut out = Vec::new();
-                    wire::write_status_reason(&mut out, 410, "malformed message", keep_alive);
-                    self.release_held(held, &out, keep_alive);
-                }
+                self.answer_held(held, |out, keep_alive| {
+                    wire::write_status_reason(out, 410, "malformed message", keep_alive)
+                });
                 return self.end_session(skey | LONGPOLL_TAG, "malformed message");
             };
             self.on_message(skey | LONGPOLL_TAG, message);
@@ -471,12 +460,20 @@ impl Shard {
 
     /// Answers a held POST with `{"status": status}`.
     pub(super) fn answer_post(&mut self, held: HeldRequest, status: u16) {
+        self.answer_held(held, |out, keep_alive| {
+            wire::write_status(out, status, keep_alive)
+        });
+    }
+
+    /// Answers a held request whose connection is still there with what
+    /// `write` makes (given whether the connection stays open).
+    fn answer_held(&mut self, held: HeldRequest, write: impl FnOnce(&mut Vec<u8>, bool)) {
         if !self.is_held(held) {
             return;
         }
         let keep_alive = held.keep_alive && self.stop_deadline.is_none();
         let mut out = Vec::new();
-        wire::write_status(&mut out, status, keep_alive);
+        write(&mut out, keep_alive);
         self.release_held(held, &out, keep_alive);
     }
 
@@ -516,12 +513,9 @@ impl Shard {
         self.drop_client_subscriptions(key, &mut session.client);
         ShardMetrics::sub(&self.metrics[self.id].longpoll_sessions, 1);
         if let Some(held) = session.poll.take() {
-            if self.is_held(held) {
-                let keep_alive = held.keep_alive && self.stop_deadline.is_none();
-                let mut out = Vec::new();
-                wire::write_status_reason(&mut out, 410, reason, keep_alive);
-                self.release_held(held, &out, keep_alive);
-            }
+            self.answer_held(held, |out, keep_alive| {
+                wire::write_status_reason(out, 410, reason, keep_alive)
+            });
         }
         if let Some((held, _)) = session.post.take() {
             self.answer_post(held, 410);
