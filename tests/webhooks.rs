@@ -369,3 +369,25 @@ fn a_long_poll_post_waits_for_its_hooked_join_and_408s_past_the_window() {
     let posted = longpoll(&server, "POST", &format!("vsn=2.0.0&token={token}"), &lines);
     assert_eq!(posted, serde_json::json!({"status": 408}));
 }
+
+#[test]
+fn a_hooked_join_on_a_presence_route_gets_its_state_after_the_reply() {
+    let (url, _calls) = backend(decide);
+    let server = TestServer::start(&format!(
+        "[webhook]\nurl = \"{url}\"\ntimeout_ms = 2000\n\n\
+         [[channel]]\npattern = \"hook:*\"\njoin = \"webhook\"\npresence = true\npresence_key = \"name\"\n"
+    ));
+    let mut client = server.connect();
+    client.send(r#"["1","1","hook:room","phx_join",{"name":"ann","meta":{"mood":"ok"}}]"#);
+    let reply = client.recv_json();
+    assert_eq!(reply[3], "phx_reply");
+    assert_eq!(reply[4]["response"]["welcome"], true, "{reply}");
+    let state = client.recv_json();
+    assert_eq!(
+        (state[0].as_str(), state[3].as_str()),
+        (Some("1"), Some("presence_state"))
+    );
+    let diff = client.recv_json();
+    assert_eq!(diff[3], "presence_diff");
+    assert_eq!(diff[4]["joins"]["ann"]["metas"][0]["mood"], "ok", "{diff}");
+}
