@@ -67,6 +67,9 @@ impl LocalPresence {
     /// Stops tracking `client` on `topic` (left, replaced or disconnected);
     /// nothing happens if it was not tracked.
     pub fn untrack(&mut self, topic: &str, client: usize) {
+        if self.tracked.is_empty() {
+            return; // the usual case when no route tracks presence: no hashing
+        }
         let Some(clients) = self.tracked.get_mut(topic) else {
             return;
         };
