@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use super::handover::HandOver;
 use super::hooks::{ConnectDone, HookDone};
-use super::longpoll::HandOver;
 use super::presence::PresenceSync;
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::Broadcast;

@@ -18,10 +18,13 @@
 //!
 //! Submodules: [`connection`] (a connection's state), [`outbox`] (queued
 //! output and the vectored flush), [`inbox`] (cross-shard queues),
-//! `http` (requests and the upgrade) and `websocket` (frames → protocol →
-//! actions, and the fan-out into outboxes).
+//! `http` (requests and the upgrade), `websocket` (frames → protocol →
+//! actions, and the fan-out into outboxes), [`longpoll`] (long-poll
+//! sessions), [`handover`] (moving a connection to its session's shard),
+//! [`hooks`] (backend answers) and `presence` (tracking and per-turn diffs).
 
 pub mod connection;
+pub mod handover;
 pub mod hooks;
 mod http;
 pub mod inbox;
