@@ -121,7 +121,7 @@ pub fn render_prometheus(shards: &[ShardMetrics]) -> String {
         (
             "cinder_binary_skipped_v1_total",
             "counter",
-            "Binary broadcasts not sent to V1 subscribers.",
+            "Binary broadcasts not sent to V1 or long-poll subscribers (no binary form).",
             |m| &m.binary_skipped_v1,
         ),
         (

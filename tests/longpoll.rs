@@ -355,3 +355,33 @@ fn connect_policy_refusals_forced_disconnect_and_the_buffer_limit() {
     assert_eq!(body["status"], 410);
     assert_ne!(body["token"], bob.as_str());
 }
+
+#[test]
+fn a_binary_push_over_long_poll_reaches_websocket_subscribers() {
+    let server = TestServer::start("");
+    let mut ws = server.connect();
+    ws.join("room:bin", "1");
+    let token = open(&server, "vsn=2.0.0");
+    post(&server, &token, &[r#"["1","1","room:bin","phx_join",{}]"#]);
+    messages(&server, &token, 1);
+    // A kind-0 binary push (join_ref "1", ref "2", topic, event, payload),
+    // base64 on its own ndjson line, as the JS client sends ArrayBuffers.
+    let (topic, event, payload) = (b"room:bin", b"blob", [0u8, 1, 2, 255]);
+    let mut frame = vec![0u8, 1, 1, topic.len() as u8, event.len() as u8];
+    frame.extend_from_slice(b"12");
+    frame.extend_from_slice(topic);
+    frame.extend_from_slice(event);
+    frame.extend_from_slice(&payload);
+    use base64::Engine;
+    let line = base64::engine::general_purpose::STANDARD.encode(&frame);
+    assert_eq!(post(&server, &token, &[&line]), json!({"status": 200}));
+    match ws.recv() {
+        tungstenite::Message::Binary(bytes) => assert!(bytes.ends_with(&payload), "{bytes:?}"),
+        other => panic!("expected the binary broadcast, got {other:?}"),
+    }
+    // The long-poll session gets its reply; a binary broadcast has no
+    // long-poll form, so it is skipped for the session (and counted).
+    let got = messages(&server, &token, 1);
+    assert_eq!(got[0][3], "phx_reply");
+    assert_eq!(server.metric("cinder_binary_skipped_v1_total"), 1);
+}
