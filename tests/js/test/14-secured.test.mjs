@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { test } from "node:test";
+import { LongPoll } from "phoenix";
 import { collect, connectSocket, joinOk, joinReply, makeSocket, upgradeStatus, waitUntil } from "../helpers/client.mjs";
 import { binaryPath } from "../helpers/server.mjs";
 import { T, useServer } from "../helpers/suite.mjs";
@@ -107,4 +108,38 @@ test("the publish API needs the key, and a forced disconnect closes with 1001 an
   await waitUntil(() => socket.rec.closes.length > 0, 5000, "the forced close");
   assert.equal(socket.rec.closes[0].code, 1001);
   await waitUntil(() => socket.rec.opens >= 2, 5000, "the client to reconnect");
+});
+
+test("LongPoll clients are secured alike: token in params or authToken, forced disconnect ends the session", T, async () => {
+  // The token in the params travels in the query string of every request.
+  const viaParams = await connectSocket(ctx.server, { transport: LongPoll, params: { token: token("gina") } });
+  await joinOk(viaParams, "user:gina");
+  assert.deepEqual(await joinReply(viaParams.channel("user:bob")), {
+    status: "error",
+    response: { reason: "unauthorized" },
+  });
+  // authToken travels in the X-Phoenix-AuthToken header.
+  const viaHeader = await connectSocket(ctx.server, {
+    transport: LongPoll,
+    authToken: token("hank"),
+    reconnectAfterMs: () => 50,
+    rejoinAfterMs: () => 50,
+  });
+  const channel = viaHeader.channel("user:hank");
+  let joins = 0;
+  channel.join().receive("ok", () => (joins += 1));
+  await waitUntil(() => joins === 1, 5000, "hank's join");
+  // A forced disconnect ends the session: the client's next poll gets 410,
+  // it reconnects with a new session and rejoins.
+  const r = await api("/api/disconnect", { user_id: "hank" });
+  assert.equal(r.status, 200);
+  await waitUntil(() => viaHeader.rec.closes.length > 0, 12_000, "the session to end");
+  assert.equal(viaHeader.rec.closes[0].code, 3410, "session_gone");
+  await waitUntil(() => joins >= 2, 12_000, "the rejoin on a new session");
+  // Without a token a long-poll session is refused.
+  const refused = makeSocket(ctx.server, { transport: LongPoll });
+  refused.connect();
+  await waitUntil(() => refused.rec.errors.length > 0, 5000, "a refusal");
+  assert.equal(refused.rec.opens, 0);
+  refused.disconnect();
 });
