@@ -286,6 +286,12 @@ fn a_single_frame_post_and_a_malformed_line() {
         post(&server, &token, &[r#"["1","1","room:t","phx_join",{}]"#])["status"],
         410
     );
+    // A line over socket.max_message_size ends the session, as 1009 does.
+    let server = TestServer::start("[socket]\nmax_message_size = 1024\n");
+    let token = open(&server, "vsn=2.0.0");
+    let big = format!(r#"["1","1","room:t","msg",{{"x":"{}"}}]"#, "y".repeat(2000));
+    let body = post(&server, &token, &[&big]);
+    assert_eq!(body, json!({"status": 410, "reason": "message too big"}));
 }
 
 #[test]

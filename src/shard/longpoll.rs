@@ -345,24 +345,33 @@ impl Shard {
                 return self.answer_post(held, 200);
             };
             ShardMetrics::add(&self.metrics[self.id].client_messages, 1);
+            let max = self.config.socket.max_message_size;
             let decoded = match frame {
-                PostedFrame::Text(mut text) => decode_text(serializer, &mut text).ok(),
+                PostedFrame::Text(text) | PostedFrame::Binary(text) if text.len() > max => {
+                    Err("message too big")
+                }
+                PostedFrame::Text(mut text) => {
+                    decode_text(serializer, &mut text).map_err(|_| "malformed message")
+                }
                 PostedFrame::Binary(bytes) if serializer == Serializer::V2 => {
-                    decode_binary(&bytes).ok()
+                    decode_binary(&bytes).map_err(|_| "malformed message")
                 }
-                PostedFrame::Binary(_) | PostedFrame::Malformed => None,
+                PostedFrame::Binary(_) | PostedFrame::Malformed => Err("malformed message"),
             };
-            let Some(message) = decoded else {
-                // As a WebSocket closes with 1011 on an undecodable message,
-                // the session ends; the client reconnects.
-                ShardMetrics::add(&self.metrics[self.id].protocol_closes, 1);
-                if let Some(session) = self.sessions.get_mut(skey) {
-                    session.post = None;
+            let message = match decoded {
+                Ok(message) => message,
+                Err(reason) => {
+                    // As a WebSocket closes (1011, or 1009 when too big), the
+                    // session ends; the client reconnects.
+                    ShardMetrics::add(&self.metrics[self.id].protocol_closes, 1);
+                    if let Some(session) = self.sessions.get_mut(skey) {
+                        session.post = None;
+                    }
+                    self.answer_held(held, |out, keep_alive| {
+                        wire::write_status_reason(out, 410, reason, keep_alive)
+                    });
+                    return self.end_session(skey | LONGPOLL_TAG, reason);
                 }
-                self.answer_held(held, |out, keep_alive| {
-                    wire::write_status_reason(out, 410, "malformed message", keep_alive)
-                });
-                return self.end_session(skey | LONGPOLL_TAG, "malformed message");
             };
             self.on_message(skey | LONGPOLL_TAG, message);
         }
