@@ -97,45 +97,36 @@ impl Shard {
         let ConnectPolicy::Webhook(policy) = &self.config.connect else {
             return self.refuse_upgrade(done.key, 503, "backend unavailable");
         };
-        if let PendingTransport::LongPoll { keep_alive } = pending.transport {
-            let admitted = match &done.outcome {
-                HookOutcome::Response { status, body } if (200..300).contains(status) => {
-                    Ok(policy.identity_from(body))
-                }
-                HookOutcome::Response {
-                    status: 401 | 403,
-                    body,
-                } => Err((403, refusal_reason(body))),
-                HookOutcome::Response { .. } => Err((503, "backend error".to_string())),
-                HookOutcome::Failed(failure) => Err((503, failure_reason(failure).to_string())),
-            };
-            return self.finish_session_connect(done.key, pending.serializer, keep_alive, admitted);
-        }
-        let PendingTransport::WebSocket {
-            accept_key,
-            subprotocol,
-        } = pending.transport
-        else {
-            return;
-        };
-        match done.outcome {
-            HookOutcome::Response { status, body } if (200..300).contains(&status) => {
-                let identity = policy.identity_from(&body);
-                self.complete_upgrade(
-                    done.key,
-                    pending.serializer,
-                    &accept_key,
-                    subprotocol.as_deref(),
-                    identity,
-                );
+        let admitted = match &done.outcome {
+            HookOutcome::Response { status, body } if (200..300).contains(status) => {
+                Ok(policy.identity_from(body))
             }
             HookOutcome::Response {
                 status: 401 | 403,
                 body,
-            } => self.refuse_upgrade(done.key, 403, &refusal_reason(&body)),
-            HookOutcome::Response { .. } => self.refuse_upgrade(done.key, 503, "backend error"),
-            HookOutcome::Failed(failure) => {
-                self.refuse_upgrade(done.key, 503, failure_reason(&failure))
+            } => Err((403, refusal_reason(body))),
+            HookOutcome::Response { .. } => Err((503, "backend error".to_string())),
+            HookOutcome::Failed(failure) => Err((503, failure_reason(failure).to_string())),
+        };
+        match (pending.transport, admitted) {
+            (PendingTransport::LongPoll { keep_alive }, admitted) => {
+                self.finish_session_connect(done.key, pending.serializer, keep_alive, admitted)
+            }
+            (
+                PendingTransport::WebSocket {
+                    accept_key,
+                    subprotocol,
+                },
+                Ok(identity),
+            ) => self.complete_upgrade(
+                done.key,
+                pending.serializer,
+                &accept_key,
+                subprotocol.as_deref(),
+                identity,
+            ),
+            (PendingTransport::WebSocket { .. }, Err((status, reason))) => {
+                self.refuse_upgrade(done.key, status, &reason)
             }
         }
     }

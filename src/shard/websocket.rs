@@ -317,10 +317,13 @@ impl Shard {
                 delivered += 1;
             }
         }
-        if !set.longpoll().is_empty() {
+        if !set.longpoll().is_empty() && broadcast.is_binary() {
+            // A binary frame has no long-poll form.
+            let excluded = set.longpoll().iter().any(|(_, &k)| Some(k) == exclude);
+            skipped += (set.longpoll().len() - usize::from(excluded)) as u64;
+        } else if !set.longpoll().is_empty() {
             // Long-poll sessions take the same encoded frame, whose body is
-            // the JSON text a poll answer carries. A binary frame has no
-            // long-poll form.
+            // the JSON text a poll answer carries.
             for (_, &key) in set.longpoll().iter() {
                 if Some(key) == exclude {
                     continue;
@@ -329,10 +332,6 @@ impl Shard {
                     debug_assert!(false, "subscriber {key} has no session");
                     continue;
                 };
-                if broadcast.is_binary() {
-                    skipped += 1;
-                    continue;
-                }
                 let Some(frame) = broadcast.frame_for(session.client.serializer) else {
                     continue;
                 };
