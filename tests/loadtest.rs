@@ -253,3 +253,41 @@ fn lost_and_duplicated_deliveries_are_detected_exactly() {
     assert_eq!(t.duplicates, 1, "{t:?}");
     assert_eq!(t.received, t.expected - 1);
 }
+
+#[test]
+fn a_run_that_loses_messages_exits_non_zero_and_still_writes_its_json() {
+    let server = TestServer::start("");
+    let proxy = faulty_proxy(server.addr);
+    let url = format!("ws://{proxy}/socket/websocket");
+    let publish = format!("http://{}/api/broadcast", server.addr);
+    let json = std::env::temp_dir().join(format!("cinder-load-lost-{}.json", std::process::id()));
+    let cli = Cli::try_parse_from([
+        "cinder-load",
+        "fanout",
+        "--url",
+        &url,
+        "--publish",
+        &publish,
+        "--conns",
+        "4",
+        "--topic-prefix",
+        "room",
+        "--rate",
+        "100",
+        "--duration",
+        "300ms",
+        "--drain-timeout",
+        "2s",
+        "--max-pending",
+        "1",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ])
+    .expect("valid arguments");
+    assert_eq!(cinder_load::app::run(&cli), cinder_load::outcome::EXIT_LOST);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(written["totals"]["lost"], 1);
+}

@@ -11,7 +11,15 @@ use crate::phoenix::Serializer;
 
 /// Load generator for Phoenix Channels servers (Cinder or any other).
 #[derive(Debug, Parser)]
-#[command(name = "cinder-load", version, about, long_about = None)]
+#[command(
+    name = "cinder-load",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit status: 0 when the run completed and no message was lost; \
+                  1 when it could not run; 2 for bad arguments; \
+                  3 when messages were lost (one `LOST …` line per run on stderr)."
+)]
 pub struct Cli {
     /// The scenario to run.
     #[command(subcommand)]
@@ -97,7 +105,8 @@ pub struct OutputArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
-    /// PID of the server process: its CPU time and RSS are read from /proc.
+    /// PID of the server process: its CPU time and RSS are read from /proc
+    /// (a warning says so if it is not a running `cinder`).
     #[arg(long)]
     pub server_pid: Option<u32>,
 }
@@ -226,7 +235,8 @@ pub struct SweepArgs {
     /// The Cinder binary (default: `cinder` next to this executable).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
-    /// Port the server is started on (127.0.0.1).
+    /// Port the server is started on (127.0.0.1); the sweep refuses to
+    /// start if another process holds it.
     #[arg(long, default_value_t = 4100)]
     pub port: u16,
     /// Config file passed to each server with --config.

@@ -1,6 +1,7 @@
 //! `cinder-load`: a load generator for any Phoenix Channels server.
 //!
 //! Map of the crate:
+//! - [`app`]: runs a command line and decides the exit code.
 //! - [`cli`]: the command line (one struct per scenario) and its value parsers.
 //! - [`clock`]: the one monotonic clock every timestamp and latency comes from.
 //! - [`wire`]: the client side of WebSocket: upgrade request, masked frames out,
@@ -16,6 +17,9 @@
 //! - [`publisher`]: the HTTP and WebSocket-push publishers of `fanout`.
 //! - [`proc_stats`]: CPU time and RSS of another process, from `/proc`.
 //! - [`report`]: the figures of a run, printed as a table and as JSON.
+//! - [`outcome`]: exit codes; any lost message makes the process fail.
+//! - [`mod@format`]: numbers for people (`3.5M`, `2.4 µs`), for charts.
+//! - [`chart`]: the SVG chart of a `sweep`.
 //! - [`scenario`]: the subcommands (`fanout`, `chat`, `connect`, `idle`,
 //!   `sweep`, `ceiling`).
 //!
@@ -24,10 +28,13 @@
 //! receiving thread subtracts it from the time it read the frame. No clock is
 //! ever compared across processes.
 
+pub mod app;
 pub mod chart;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod format;
+pub mod outcome;
 pub mod payload;
 pub mod phoenix;
 pub mod proc_stats;

@@ -44,6 +44,49 @@ pub fn sample(pid: u32) -> std::io::Result<ProcSample> {
     })
 }
 
+/// What `/proc` says a process is called.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessName {
+    /// `/proc/PID/comm`: the executable's name, cut to 15 bytes.
+    pub comm: String,
+    /// Base name of the `/proc/PID/exe` link, when it may be read (it may
+    /// not for another user's process).
+    pub exe: Option<String>,
+}
+
+impl ProcessName {
+    /// Whether this is a Cinder server: its executable is called `cinder`.
+    /// Either name will do: `comm` can be changed by the process, and `exe`
+    /// is unreadable across users.
+    pub fn is_cinder(&self) -> bool {
+        self.comm == SERVER_NAME || self.exe.as_deref() == Some(SERVER_NAME)
+    }
+}
+
+/// The executable name of the Cinder server.
+pub const SERVER_NAME: &str = "cinder";
+
+/// Reads the name of process `pid`; fails if there is no such process.
+pub fn name(pid: u32) -> std::io::Result<ProcessName> {
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm"))?;
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|path| exe_basename(&path.to_string_lossy()));
+    Ok(ProcessName {
+        comm: comm.trim_end().to_string(),
+        exe,
+    })
+}
+
+/// The file name of an `/proc/PID/exe` target, without the ` (deleted)`
+/// the kernel appends once the binary was replaced (as `cargo build` does
+/// while a server is running).
+fn exe_basename(target: &str) -> Option<String> {
+    let target = target.strip_suffix(" (deleted)").unwrap_or(target);
+    let base = target.rsplit('/').next()?;
+    (!base.is_empty()).then(|| base.to_string())
+}
+
 /// User + system CPU time of this whole process, in nanoseconds.
 pub fn self_cpu_ns() -> u64 {
     // SAFETY: getrusage writes into the struct we own.
@@ -67,5 +110,26 @@ mod tests {
         let sample = sample(std::process::id()).unwrap();
         assert!(sample.rss_bytes > 0);
         assert!(self_cpu_ns() > 0);
+    }
+
+    #[test]
+    fn names_processes_and_recognizes_cinder() {
+        let me = name(std::process::id()).unwrap();
+        assert!(!me.comm.is_empty());
+        assert!(!me.is_cinder());
+        assert!(name(u32::MAX).is_err());
+        let server = |comm: &str, exe: Option<&str>| ProcessName {
+            comm: comm.into(),
+            exe: exe.map(str::to_string),
+        };
+        assert!(server("cinder", None).is_cinder());
+        assert!(server("renamed", Some("cinder")).is_cinder());
+        assert!(!server("cargo", Some("cargo")).is_cinder());
+        assert!(!server("cinder-load", Some("cinder-load")).is_cinder());
+        assert_eq!(
+            exe_basename("/work/target/release/cinder (deleted)").as_deref(),
+            Some("cinder")
+        );
+        assert_eq!(exe_basename("/"), None);
     }
 }

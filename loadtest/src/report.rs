@@ -7,6 +7,10 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// Printed where a figure could not be measured (no `--server-pid`, or
+/// `/proc/PID` unreadable), instead of a misleading 0.
+pub const NOT_AVAILABLE: &str = "n/a";
+
 /// A latency distribution in microseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
@@ -188,19 +192,21 @@ pub struct Totals {
     pub push_errors: u64,
 }
 
-/// The server's memory (with --server-pid).
+/// The server's memory (with --server-pid). A reading is `None` (JSON
+/// `null`, printed `n/a`) when `/proc/PID` could not be read: a made-up 0
+/// would look like a measurement.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ServerMemory {
     /// The server's PID.
     pub pid: u32,
     /// RSS before any connection was opened.
-    pub rss_before_bytes: u64,
+    pub rss_before_bytes: Option<u64>,
     /// RSS once every connection had joined.
-    pub rss_joined_bytes: u64,
+    pub rss_joined_bytes: Option<u64>,
     /// RSS at the end of the run.
-    pub rss_end_bytes: u64,
+    pub rss_end_bytes: Option<u64>,
     /// (RSS joined − RSS before) ÷ joined connections.
-    pub rss_per_connection_bytes: f64,
+    pub rss_per_connection_bytes: Option<f64>,
 }
 
 /// Everything a scenario measured.
@@ -293,7 +299,7 @@ impl Report {
                 p.bytes,
                 p.seconds,
                 p.server_cpu_ms
-                    .map_or_else(|| "n/a".to_string(), |ms| format!("{ms:.0} ms")),
+                    .map_or_else(|| NOT_AVAILABLE.to_string(), |ms| format!("{ms:.0} ms")),
             );
         }
     }
@@ -347,7 +353,7 @@ impl Report {
                     w.latency.p999_us,
                     w.latency.max_us,
                     w.server_cpu_per_delivery_us
-                        .map_or("-".into(), |v| format!("{v:.3}"))
+                        .map_or(NOT_AVAILABLE.into(), |v| format!("{v:.3}"))
                 );
             }
         }
@@ -364,7 +370,7 @@ impl Report {
                     m.p999_us,
                     m.max_us,
                     m.server_cpu_per_delivery_us
-                        .map_or("-".into(), |v| format!("{v:.3}"))
+                        .map_or(NOT_AVAILABLE.into(), |v| format!("{v:.3}"))
                 );
             }
         }
@@ -374,12 +380,19 @@ impl Report {
             t.published, t.expected, t.received, t.lost, t.duplicates, t.unexpected, t.push_errors
         );
         if let Some(m) = &self.server {
+            let mib = |bytes: Option<u64>| {
+                bytes.map_or(NOT_AVAILABLE.into(), |b| {
+                    format!("{:.1} MiB", b as f64 / 1048576.0)
+                })
+            };
             println!(
-                "server rss   before {:.1} MiB  joined {:.1} MiB  end {:.1} MiB  per connection {:.0} B",
-                m.rss_before_bytes as f64 / 1048576.0,
-                m.rss_joined_bytes as f64 / 1048576.0,
-                m.rss_end_bytes as f64 / 1048576.0,
+                "server rss   before {}  joined {}  end {}  per connection {}  (pid {})",
+                mib(m.rss_before_bytes),
+                mib(m.rss_joined_bytes),
+                mib(m.rss_end_bytes),
                 m.rss_per_connection_bytes
+                    .map_or(NOT_AVAILABLE.into(), |b| format!("{b:.0} B")),
+                m.pid
             );
         }
     }

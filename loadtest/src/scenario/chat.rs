@@ -7,7 +7,8 @@ use std::time::Duration;
 use crate::cli::ChatArgs;
 use crate::report::{Median, Report, Totals, WindowReport};
 use crate::scenario::{
-    base_report, complete_report, merged_latency, server_sample, window_figures, Collected, Session,
+    base_report, complete_report, merged_latency, server_sample, warn_about_server_pid,
+    window_figures, Collected, Session,
 };
 use crate::worker::ChatPlan;
 use crate::{clock, proc_stats};
@@ -18,6 +19,7 @@ pub fn run(args: &ChatArgs) -> Result<Report, String> {
         return Err("--runs must be at least 1 and --rate above 0".into());
     }
     let pid = args.output.server_pid;
+    warn_about_server_pid(pid);
     let rss_before = server_sample(pid);
     let chat = ChatPlan {
         rate_per_client: args.rate,
@@ -68,7 +70,7 @@ pub fn run(args: &ChatArgs) -> Result<Report, String> {
             publish_rate: published as f64 / seconds,
             expected,
             server_cpu_ms: cpu_before
-                .and_then(|b| Some((server_sample(pid)?.cpu_ns - b) as f64 / 1e6)),
+                .and_then(|b| Some(server_sample(pid)?.cpu_ns.saturating_sub(b) as f64 / 1e6)),
             client_cpu_per_delivery_us: (proc_stats::self_cpu_ns() - client_before) as f64 / 1000.0,
             ..WindowReport::default()
         });

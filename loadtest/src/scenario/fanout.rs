@@ -9,7 +9,8 @@ use crate::publisher::{
 };
 use crate::report::{Median, Report, ServerMemory, Totals, WindowReport};
 use crate::scenario::{
-    base_report, complete_report, merged_latency, server_sample, window_figures, Collected, Session,
+    base_report, complete_report, merged_latency, server_sample, warn_about_server_pid,
+    window_figures, Collected, Session,
 };
 
 /// A window as the main thread saw it; latency and deliveries come from the
@@ -34,6 +35,7 @@ pub fn run(args: &FanoutArgs) -> Result<Report, String> {
         );
     }
     let pid = args.output.server_pid;
+    warn_about_server_pid(pid);
     let rss_before = server_sample(pid);
     let session = Session::start(&args.conn, None, args.output.quiet)?;
     let joined = session.wait_joined();
@@ -85,7 +87,8 @@ pub fn run(args: &FanoutArgs) -> Result<Report, String> {
             received_before + published.expected,
             args.measure.drain_timeout,
         );
-        let server_cpu_ns = cpu_before.and_then(|before| Some(server_sample(pid)?.cpu_ns - before));
+        let server_cpu_ns =
+            cpu_before.and_then(|before| Some(server_sample(pid)?.cpu_ns.saturating_sub(before)));
         runs.push(WindowRun {
             index: window,
             label,
@@ -227,7 +230,7 @@ fn settle(
     totals
 }
 
-/// The server's memory figures.
+/// The server's memory figures; a reading that failed stays `None`.
 pub fn memory(
     pid: u32,
     before: Option<proc_stats::ProcSample>,
@@ -235,17 +238,18 @@ pub fn memory(
     end: Option<proc_stats::ProcSample>,
     joined: u64,
 ) -> ServerMemory {
-    let before = before.map_or(0, |s| s.rss_bytes);
-    let at_join = joined_sample.map_or(0, |s| s.rss_bytes);
+    let before = before.map(|s| s.rss_bytes);
+    let at_join = joined_sample.map(|s| s.rss_bytes);
     ServerMemory {
         pid,
         rss_before_bytes: before,
         rss_joined_bytes: at_join,
-        rss_end_bytes: end.map_or(0, |s| s.rss_bytes),
-        rss_per_connection_bytes: if joined > 0 {
-            at_join.saturating_sub(before) as f64 / joined as f64
-        } else {
-            0.0
+        rss_end_bytes: end.map(|s| s.rss_bytes),
+        rss_per_connection_bytes: match (before, at_join) {
+            (Some(before), Some(at_join)) if joined > 0 => {
+                Some(at_join.saturating_sub(before) as f64 / joined as f64)
+            }
+            _ => None,
         },
     }
 }

@@ -3,12 +3,15 @@
 
 use crate::cli::IdleArgs;
 use crate::report::Report;
-use crate::scenario::{base_report, complete_report, server_sample, Session};
+use crate::scenario::{
+    base_report, complete_report, server_sample, warn_about_server_pid, Session,
+};
 
 /// Connects and joins everything, holds it for `--hold`, and reports the
 /// server's RSS before, at full join and at the end.
 pub fn run(args: &IdleArgs) -> Result<Report, String> {
     let pid = args.output.server_pid;
+    warn_about_server_pid(pid);
     let rss_before = server_sample(pid);
     let session = Session::start(&args.conn, None, args.output.quiet)?;
     session.wait_joined();

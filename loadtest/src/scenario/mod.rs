@@ -21,7 +21,7 @@ use crate::cli::ConnArgs;
 use crate::client::{ConnSpec, Target};
 use crate::clock;
 use crate::proc_stats;
-use crate::report::{Connections, Latency, Report, Setup};
+use crate::report::{Connections, Latency, Report, Setup, NOT_AVAILABLE};
 use crate::worker::{self, ChatPlan, ClientOutcome, Shared, WindowStats, WorkerPlan, WorkerResult};
 
 /// Connections in flight, driven by worker threads.
@@ -259,6 +259,37 @@ pub fn server_sample(pid: Option<u32>) -> Option<proc_stats::ProcSample> {
     pid.and_then(|pid| proc_stats::sample(pid).ok())
 }
 
+/// What is wrong with `--server-pid`, if anything: no such process, or a
+/// process that is not a Cinder server. The classic mistake is the PID of
+/// `cargo run` (cargo, idle, a few MiB) instead of its `cinder` child, which
+/// silently gives ~0 CPU per delivery and ~0 B per connection.
+pub fn server_pid_warning(pid: Option<u32>) -> Option<String> {
+    let pid = pid?;
+    match proc_stats::name(pid) {
+        Err(e) => Some(format!(
+            "--server-pid {pid}: cannot read /proc/{pid} ({e}); is the server running? \
+             Server CPU and RSS are reported as {NOT_AVAILABLE}"
+        )),
+        Ok(name) if !name.is_cinder() => Some(format!(
+            "--server-pid {pid} is `{}`, not a Cinder server (`{}`): the CPU and RSS \
+             reported are that process's. With `cargo run`, pass the PID of the server, \
+             not cargo's (`pgrep -x {}`)",
+            name.exe.as_deref().unwrap_or(&name.comm),
+            proc_stats::SERVER_NAME,
+            proc_stats::SERVER_NAME
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// Prints [`server_pid_warning`] on stderr. Scenarios call this first, so
+/// the warning comes before the run rather than after minutes of it.
+pub fn warn_about_server_pid(pid: Option<u32>) {
+    if let Some(warning) = server_pid_warning(pid) {
+        eprintln!("cinder-load: warning: {warning}");
+    }
+}
+
 /// The progress line: a spinner with live counters, on stderr.
 struct Progress {
     bar: Option<ProgressBar>,
@@ -359,6 +390,14 @@ pub fn complete_report(
 ) {
     if let Some(pid) = pid {
         let [before, joined, end] = samples;
+        // A missing first reading was already warned about at the start;
+        // a later one going missing means the server exited mid-run.
+        if before.is_some() && (joined.is_none() || end.is_none()) {
+            eprintln!(
+                "cinder-load: warning: /proc/{pid} vanished during the run (did the server exit?); \
+                 its later figures are {NOT_AVAILABLE}"
+            );
+        }
         report.server = Some(fanout::memory(
             pid,
             before,

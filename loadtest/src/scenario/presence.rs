@@ -11,7 +11,9 @@ use std::time::Duration;
 use crate::cli::PresenceArgs;
 use crate::clock;
 use crate::report::{PresenceReport, Report};
-use crate::scenario::{base_report, complete_report, server_sample, Session};
+use crate::scenario::{
+    base_report, complete_report, server_sample, warn_about_server_pid, Session,
+};
 
 /// Joins every client to the room, waits until presence traffic has been
 /// quiet for `--settle`, and reports it.
@@ -20,6 +22,7 @@ pub fn run(args: &PresenceArgs) -> Result<Report, String> {
         return Err("presence: use --topics 1 (every client joins the same room)".into());
     }
     let pid = args.output.server_pid;
+    warn_about_server_pid(pid);
     let before = server_sample(pid);
     let started_ns = clock::now_ns();
     let session = Session::start(&args.conn, None, args.output.quiet)?;

@@ -1,0 +1,121 @@
+//! The `cinder-load` binary as a user runs it: exit codes and what it says
+//! on stderr. No server is needed: these are the failure paths.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Output};
+
+/// Runs the binary under test.
+fn cinder_load(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cinder-load"))
+        .args(args)
+        .output()
+        .expect("cinder-load runs")
+}
+
+/// A loopback port nothing listens on (bound once, then released).
+fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn sweep_refuses_a_port_held_by_a_reuseport_server() {
+    // Held the way a running Cinder holds it: SO_REUSEPORT, listening. A
+    // new server would bind too and share the connections with it.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_port(true).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.listen(8).unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    let svg = std::env::temp_dir().join(format!("cinder-load-cli-{}.svg", std::process::id()));
+    // /bin/true would "start" and exit at once: the refusal must come first.
+    let out = cinder_load(&[
+        "sweep",
+        "--shards",
+        "1",
+        "--port",
+        &port.to_string(),
+        "--server-bin",
+        "/bin/true",
+        "--svg",
+        svg.to_str().unwrap(),
+        "fanout",
+        "--conns",
+        "1",
+        "--quiet",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port} is already in use")),
+        "{stderr}"
+    );
+    assert!(!svg.exists());
+}
+
+#[test]
+fn a_server_pid_that_does_not_exist_is_warned_about_and_reported_as_na() {
+    let url = format!("ws://127.0.0.1:{}/socket/websocket", closed_port());
+    let out = cinder_load(&[
+        "connect",
+        "--url",
+        &url,
+        "--conns",
+        "2",
+        "--server-pid",
+        "999999999",
+        "--quiet",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: --server-pid 999999999: cannot read /proc/999999999"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("server rss   before n/a  joined n/a  end n/a  per connection n/a"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("0.0 MiB"), "{stdout}");
+}
+
+#[test]
+fn a_server_pid_that_is_not_cinder_is_warned_about() {
+    // This test binary is certainly not a Cinder server.
+    let me = std::process::id().to_string();
+    let url = format!("ws://127.0.0.1:{}/socket/websocket", closed_port());
+    let out = cinder_load(&[
+        "connect",
+        "--url",
+        &url,
+        "--conns",
+        "1",
+        "--server-pid",
+        &me,
+        "--quiet",
+    ]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("warning: --server-pid {me} is `"))
+            && stderr.contains("not a Cinder server"),
+        "{stderr}"
+    );
+    // It exists, so its figures are still read (they may be wanted, e.g.
+    // a Phoenix server's beam.smp).
+    assert!(stdout.contains(" MiB"), "{stdout}");
+}
+
+#[test]
+fn a_run_without_loss_exits_zero_and_says_nothing_of_loss() {
+    let url = format!("ws://127.0.0.1:{}/socket/websocket", closed_port());
+    let out = cinder_load(&["connect", "--url", &url, "--conns", "1", "--quiet"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!text(&out.stderr).contains("LOST"));
+}
