@@ -71,8 +71,9 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, or a
-    /// tracing filter such as `cinder=debug`). `RUST_LOG` is used when unset.
+    /// Log level or filter (`error`, `warn`, `info`, `debug`, `trace`, `off`,
+    /// or a tracing filter such as `cinder=debug,info`). `RUST_LOG` is used
+    /// when unset. Anything else is refused (exit code 2).
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
 
@@ -117,7 +118,14 @@ fn token(args: TokenArgs) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    init_logging(args.log_level.as_deref(), args.log_format);
+    let filter = match args.log_level.as_deref().map(parse_log_filter).transpose() {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("cinder: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(filter, args.log_format);
     let mut config = match &args.config {
         Some(path) => match Config::load(path) {
             Ok(config) => config,
@@ -216,18 +224,60 @@ fn raise_fd_limit() -> std::io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
-fn init_logging(level: Option<&str>, format: LogFormat) {
+/// The levels `--log-level` names in its error message.
+const LOG_LEVELS_HINT: &str =
+    "expected error, warn, info, debug, trace, off, or a filter such as cinder=debug";
+
+/// Parses `--log-level`: a level, or a tracing filter (comma-separated
+/// directives, each a bare level or one with `=` such as `cinder=debug`).
+///
+/// `EnvFilter` reads a bare word that is no level as a target enabled at
+/// `trace` (`verbose` would log nothing at all, as no target has that name),
+/// so a directive without `=` must be a level here.
+fn parse_log_filter(spec: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    use tracing::level_filters::LevelFilter;
+    // `EnvFilter` mis-slices directives with leading blanks, so trim them
+    // ("info, cinder=debug" is meant as two directives).
+    let directives: Vec<&str> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return Err(format!("empty log level {spec:?} ({LOG_LEVELS_HINT})"));
+    }
+    for directive in &directives {
+        if !directive.contains('=') && directive.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "unknown log level {directive:?} ({LOG_LEVELS_HINT})"
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(directives.join(","))
+        .map_err(|e| format!("invalid log filter {spec:?}: {e} ({LOG_LEVELS_HINT})"))
+}
+
+/// Installs the global subscriber: `filter` (from `--log-level`), else
+/// `RUST_LOG`, else `info`.
+fn init_logging(filter: Option<tracing_subscriber::EnvFilter>, format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = match level {
-        Some(level) => EnvFilter::try_new(level).unwrap_or_else(|e| {
-            eprintln!("cinder: invalid --log-level {level:?} ({e}); using info");
-            EnvFilter::new("info")
-        }),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
+    let filter = filter.unwrap_or_else(|| {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+    });
+    // Colours only for a terminal (never into a file or a log collector),
+    // and not when NO_COLOR asks otherwise (https://no-color.org).
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        // When stderr goes away (a closed pipe, a dead log collector),
+        // tracing would report the failed write with `eprintln!`, which
+        // panics on that same stderr and kills the logging thread: a shard,
+        // or the signal watcher before it stops the server. Drop the lines.
+        .log_internal_errors(false);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

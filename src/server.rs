@@ -5,6 +5,13 @@
 //! shards and no shard ever hands a connection to another. The first socket
 //! is bound alone so a port of 0 (tests) resolves to one concrete port that
 //! the others then share.
+//!
+//! `SO_REUSEPORT` would just as gladly let a *second* Cinder (same user) join
+//! the group, and the kernel would then hand it about half of the
+//! connections. So before binding a concrete port, [`start`] checks that no
+//! other process holds the address (with a probe socket, see
+//! `ensure_address_free`) and refuses to start with
+//! [`StartError::AddressInUse`] otherwise.
 
 use std::io;
 use std::net::SocketAddr;
@@ -29,6 +36,17 @@ const LISTEN_BACKLOG: i32 = 4096;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// Another process (another Cinder, or any other server) already listens
+    /// on the address. With `SO_REUSEPORT` the kernel would otherwise let a
+    /// second Cinder share the port and split the connections between the two.
+    #[error(
+        "cannot listen on {addr}: another process already holds this address \
+         (another cinder, or any other server); stop it or choose another address"
+    )]
+    AddressInUse {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// Binding or configuring a listening socket failed.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -123,6 +141,11 @@ impl StopSignal {
 pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     let config = Arc::new(config);
     let shards = config.shard_count();
+    if config.server.bind.port() != 0 {
+        ensure_address_free(config.server.bind)?;
+    }
+    // A port of 0 needs no check: the kernel never picks an ephemeral port
+    // that another socket holds, not even one in a `SO_REUSEPORT` group.
     let first = bind_listener(config.server.bind)?;
     let local_addr = first
         .local_addr()
@@ -214,6 +237,38 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     })
 }
 
+/// Fails with [`StartError::AddressInUse`] when any other process listens on
+/// `addr`, by binding (and at once closing) a probe socket *without*
+/// `SO_REUSEPORT`.
+///
+/// Why a probe, and not simply a first shard socket without the option: on
+/// Linux a `SO_REUSEPORT` group only forms from sockets that all had the
+/// option set before `bind`, so a first socket bound without it could never
+/// be shared by the other shards. The probe, having no `SO_REUSEPORT`, can
+/// share with nobody: its bind fails with `EADDRINUSE` whenever a listening
+/// socket holds the address, with or without `SO_REUSEPORT`, of any user,
+/// on the same address or a wildcard that covers it. It does set
+/// `SO_REUSEADDR`, so connections of an earlier run still in `TIME_WAIT` do
+/// not count as a holder (on Linux, `SO_REUSEADDR` never allows binding over
+/// a *listening* socket).
+///
+/// The probe is closed before the shard sockets bind, so two Cinders started
+/// within the same instant could both pass it: the window is a few system
+/// calls long, and this check is about the common mistake of starting a
+/// second server on a port already in service, which it always catches.
+fn ensure_address_free(addr: SocketAddr) -> Result<(), StartError> {
+    let fail = |source| StartError::Listen { addr, source };
+    let probe =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(fail)?;
+    probe.set_reuse_address(true).map_err(fail)?;
+    probe
+        .bind(&addr.into())
+        .map_err(|source| bind_error(addr, source))?;
+    // Bound but never listening: closing it leaves nothing behind.
+    drop(probe);
+    Ok(())
+}
+
 /// A non-blocking listener with `SO_REUSEPORT`, so every shard can bind the
 /// same address.
 fn bind_listener(addr: SocketAddr) -> Result<Socket, StartError> {
@@ -223,7 +278,23 @@ fn bind_listener(addr: SocketAddr) -> Result<Socket, StartError> {
     socket.set_reuse_address(true).map_err(fail)?;
     socket.set_reuse_port(true).map_err(fail)?;
     socket.set_nonblocking(true).map_err(fail)?;
-    socket.bind(&addr.into()).map_err(fail)?;
-    socket.listen(LISTEN_BACKLOG).map_err(fail)?;
+    // `EADDRINUSE` here means a holder that appeared after the probe.
+    socket
+        .bind(&addr.into())
+        .map_err(|source| bind_error(addr, source))?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|source| bind_error(addr, source))?;
     Ok(socket)
+}
+
+/// The error for a failed `bind` or `listen`: [`StartError::AddressInUse`]
+/// for `EADDRINUSE`, [`StartError::Listen`] for anything else (say, an
+/// address of no local interface, or a privileged port).
+fn bind_error(addr: SocketAddr, source: io::Error) -> StartError {
+    if source.kind() == io::ErrorKind::AddrInUse {
+        StartError::AddressInUse { addr }
+    } else {
+        StartError::Listen { addr, source }
+    }
 }
