@@ -2,7 +2,8 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use cinder::fanout::broadcast::Broadcast;
+use cinder::fanout::broadcast::{Broadcast, BroadcastId, Content, NodeId, Origin};
+use cinder::fanout::frame::FrameKind;
 use cinder::protocol::decode::decode_text;
 use cinder::protocol::message::{Payload, Serializer};
 
@@ -37,15 +38,24 @@ fn encode(c: &mut Criterion) {
         group.bench_function(format!("v2_text_{size}b"), |b| {
             b.iter_batched(
                 || {
-                    Broadcast::new(
+                    let content = Content::new(
                         "room:lobby".into(),
                         "new_msg".into(),
                         Payload::Json(payload.clone().into_bytes()),
-                        None,
                     )
-                    .unwrap()
+                    .unwrap();
+                    let origin = Origin {
+                        node: NodeId(1),
+                        shard: 0,
+                        sender: None,
+                    };
+                    Broadcast::new(content, BroadcastId(1), origin, 0)
                 },
-                |broadcast| broadcast.frame_for(Serializer::V2).map(|f| f.len()),
+                |broadcast| {
+                    broadcast
+                        .frame(FrameKind::of(Serializer::V2))
+                        .map(|f| f.len())
+                },
                 BatchSize::SmallInput,
             )
         });

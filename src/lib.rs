@@ -10,7 +10,8 @@
 //! | [`transport`] | HTTP parsing, the WebSocket handshake and frame codec, query strings |
 //! | [`protocol`] | Phoenix messages (V1/V2 JSON, V2 binary) and the sans-IO channel state machine |
 //! | [`fanout`] | broadcasts encoded once per wire format, and each shard's topic table |
-//! | [`api`] | the HTTP publish API, health and metrics endpoints |
+//! | [`admission`] | who may open a client (both transports): one sans-IO decision |
+//! | [`api`] | the HTTP publish API, health and metrics endpoints, as one table |
 //! | [`routes`] | `[[channel]]` routes: topic patterns and their policies |
 //! | [`connect`] | who may connect (the stand-in for Phoenix's `connect/3`) |
 //! | [`auth`] | JSON Web Tokens: verification for the `jwt` connect policy, minting for `cinder token` |
@@ -25,6 +26,7 @@
 //! every subscriber's socket on every shard, is drawn in
 //! `docs/architecture.md`.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod config;

@@ -71,10 +71,28 @@ impl Member {
             client,
             view: View::default(),
         };
-        // The state follows the reply, with the join_ref.
-        let state = member.next();
-        assert_eq!(state[3], "presence_state");
+        // Phoenix's order: the reply, the `presence_diff` announcing the
+        // joiner (diffs of other shards' members may come first), then a
+        // `presence_state`, with the join_ref, that already holds the joiner.
+        let mut announced = false;
+        let state = loop {
+            let message = member.next();
+            if message[3] == "presence_state" {
+                break message;
+            }
+            assert_eq!(message[3], "presence_diff", "{message}");
+            assert_eq!(message[0], Value::Null, "diffs are broadcasts");
+            announced |= message[4]["joins"].get(user).is_some();
+        };
+        assert!(
+            announced,
+            "the diff announcing {user} comes before the state"
+        );
         assert_eq!(state[0], "1");
+        assert!(
+            state[4].get(user).is_some(),
+            "the state holds the joiner: {state}"
+        );
         member
             .view
             .apply(&state[4], &Value::Object(Default::default()));
@@ -167,4 +185,58 @@ fn joins_of_one_loop_turn_leave_as_one_diff() {
     let diffs = server.metric("cinder_presence_diffs_total") - before;
     assert!(diffs <= 30, "{diffs} diffs for 30 joins");
     drop(clients);
+}
+
+#[test]
+fn a_joiner_sees_its_reply_then_its_diff_then_a_state_holding_it() {
+    let server = TestServer::start_with_shards(1, ROUTES);
+    let mut alice = server.connect();
+    alice.send(r#"["1","1","lobby:order","phx_join",{"user_id":"alice","meta":{"n":1}}]"#);
+    let reply: Value = alice.recv_json();
+    assert_eq!(reply[3], "phx_reply");
+    assert_eq!(reply[4]["status"], "ok");
+    let diff: Value = alice.recv_json();
+    assert_eq!(
+        diff.as_array().unwrap()[..4],
+        [
+            Value::Null,
+            Value::Null,
+            "lobby:order".into(),
+            "presence_diff".into()
+        ]
+    );
+    assert_eq!(diff[4]["leaves"], serde_json::json!({}));
+    let metas = &diff[4]["joins"]["alice"]["metas"];
+    assert_eq!(metas.as_array().unwrap().len(), 1, "{diff}");
+    assert_eq!(metas[0]["n"], 1);
+    let phx_ref = metas[0]["phx_ref"].clone();
+    let state: Value = alice.recv_json();
+    assert_eq!(
+        state.as_array().unwrap()[..4],
+        [
+            "1".into(),
+            Value::Null,
+            "lobby:order".into(),
+            "presence_state".into()
+        ]
+    );
+    assert_eq!(
+        state[4],
+        serde_json::json!({"alice": {"metas": [{"n": 1, "phx_ref": phx_ref}]}})
+    );
+    // A second member: alice gets only the diff, bob the same three frames.
+    let mut bob = server.connect();
+    bob.send(r#"["1","1","lobby:order","phx_join",{"user_id":"bob"}]"#);
+    let reply: Value = bob.recv_json();
+    assert_eq!(reply[3], "phx_reply");
+    let diff: Value = bob.recv_json();
+    assert_eq!(diff[3], "presence_diff");
+    assert!(diff[4]["joins"].get("bob").is_some() && diff[4]["joins"].get("alice").is_none());
+    let state: Value = bob.recv_json();
+    assert_eq!(state[3], "presence_state");
+    let keys: Vec<&String> = state[4].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["alice", "bob"]);
+    let seen: Value = alice.recv_json();
+    assert_eq!(seen[3], "presence_diff");
+    assert_eq!(seen[4], diff[4], "everyone gets the same diff");
 }

@@ -371,7 +371,7 @@ fn a_long_poll_post_waits_for_its_hooked_join_and_408s_past_the_window() {
 }
 
 #[test]
-fn a_hooked_join_on_a_presence_route_gets_its_state_after_the_reply() {
+fn a_hooked_join_on_a_presence_route_gets_its_diff_then_its_state_after_the_reply() {
     let (url, _calls) = backend(decide);
     let server = TestServer::start(&format!(
         "[webhook]\nurl = \"{url}\"\ntimeout_ms = 2000\n\n\
@@ -382,12 +382,15 @@ fn a_hooked_join_on_a_presence_route_gets_its_state_after_the_reply() {
     let reply = client.recv_json();
     assert_eq!(reply[3], "phx_reply");
     assert_eq!(reply[4]["response"]["welcome"], true, "{reply}");
+    // As on Phoenix: the diff announcing the joiner, then a state that
+    // already holds it.
+    let diff = client.recv_json();
+    assert_eq!(diff[3], "presence_diff");
+    assert_eq!(diff[4]["joins"]["ann"]["metas"][0]["mood"], "ok", "{diff}");
     let state = client.recv_json();
     assert_eq!(
         (state[0].as_str(), state[3].as_str()),
         (Some("1"), Some("presence_state"))
     );
-    let diff = client.recv_json();
-    assert_eq!(diff[3], "presence_diff");
-    assert_eq!(diff[4]["joins"]["ann"]["metas"][0]["mood"], "ok", "{diff}");
+    assert_eq!(state[4]["ann"]["metas"][0]["mood"], "ok", "{state}");
 }

@@ -1,4 +1,4 @@
-//! The HTTP API served on the socket port: publish, health, metrics.
+//! The HTTP API served on the socket port, as one table of endpoints.
 //!
 //! | method | path | what |
 //! | --- | --- | --- |
@@ -8,290 +8,310 @@
 //! | GET | `/healthz` | liveness |
 //! | GET | `/metrics` | Prometheus counters per shard |
 //!
-//! Parsing keeps each payload as the raw JSON text the publisher sent
-//! (`serde_json::value::RawValue`): it is validated once here and then copied
-//! straight into the encoded frames, never re-serialized.
+//! Each endpoint is listed once, in [`ENDPOINTS`]; routing, `405` answers
+//! and the API key rule all read that table. Handlers act on the shard
+//! through [`ApiHost`], so they are plain functions of a request.
 
-use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::value::RawValue;
+pub mod parse;
+
+use std::borrow::Cow;
+
+pub use parse::{authorized, parse_broadcasts, parse_disconnect, ApiError};
 
 use crate::connect::DisconnectTarget;
-use crate::fanout::broadcast::{Broadcast, PublishError};
-use crate::protocol::message::Payload;
+use crate::fanout::broadcast::Content;
+use crate::transport::http::Request;
+use crate::transport::query::{last_value, parse_pairs};
 
-/// The endpoints the API serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `POST /api/broadcast`.
-    Broadcast,
-    /// `POST /api/disconnect`.
-    Disconnect,
-    /// `GET /api/presence?topic=…`.
-    Presence,
-    /// `GET /healthz`.
-    Health,
-    /// `GET /metrics`.
-    Metrics,
+/// What the API needs from the shard that serves the request.
+pub trait ApiHost {
+    /// Publishes a broadcast to every subscriber on every shard.
+    fn publish(&mut self, content: Content);
+    /// Closes the target's connections and sessions on every shard.
+    fn disconnect(&mut self, target: DisconnectTarget);
+    /// A presence topic's state as `presence_state` JSON.
+    fn presence_state(&mut self, topic: &str) -> Vec<u8>;
+    /// The metrics in Prometheus text format.
+    fn metrics_text(&self) -> String;
 }
 
-/// How to answer a request no endpoint takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiReply {
-    /// The path exists with other methods.
-    MethodNotAllowed {
-        /// Value of the `Allow` header.
-        allow: &'static str,
-    },
-    /// No such path.
-    NotFound,
+/// An answer, before HTTP framing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiResponse {
+    /// The status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
+    /// The body.
+    pub body: Vec<u8>,
 }
 
-/// Maps a method and path to an endpoint.
-pub fn route(method: &str, path: &str) -> Option<Endpoint> {
-    match (method, path) {
-        ("POST", "/api/broadcast") => Some(Endpoint::Broadcast),
-        ("POST", "/api/disconnect") => Some(Endpoint::Disconnect),
-        ("GET", "/api/presence") => Some(Endpoint::Presence),
-        ("GET", "/healthz") => Some(Endpoint::Health),
-        ("GET", "/metrics") => Some(Endpoint::Metrics),
-        _ => None,
+impl ApiResponse {
+    /// `200` with a JSON body.
+    pub fn json(body: impl Into<Vec<u8>>) -> ApiResponse {
+        ApiResponse::json_status(200, body)
     }
-}
 
-/// Whether a request may use `/api/*`: always when no key is configured,
-/// otherwise only with `Authorization: Bearer <key>`. The comparison takes
-/// the same time wherever the first difference is, so the key cannot be
-/// guessed byte by byte from response times.
-pub fn authorized(api_key: Option<&str>, authorization: Option<&str>) -> bool {
-    let Some(key) = api_key else {
-        return true;
-    };
-    let Some(presented) = authorization.and_then(|value| {
-        let (scheme, token) = value.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    }) else {
-        return false;
-    };
-    let (a, b) = (key.as_bytes(), presented.as_bytes());
-    let mut difference = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        difference |= usize::from(x ^ y);
-    }
-    difference == 0
-}
-
-/// Parses `{"user_id": "..."}` or `{"socket_id": "..."}` (exactly one).
-pub fn parse_disconnect(body: &[u8]) -> Result<DisconnectTarget, ApiError> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct DisconnectBody {
-        user_id: Option<String>,
-        socket_id: Option<String>,
-    }
-    let request: DisconnectBody =
-        serde_json::from_slice(body).map_err(|e| ApiError::Body(e.to_string()))?;
-    match (request.user_id, request.socket_id) {
-        (Some(id), None) if !id.is_empty() => Ok(DisconnectTarget::UserId(id)),
-        (None, Some(id)) if !id.is_empty() => Ok(DisconnectTarget::SocketId(id)),
-        _ => Err(ApiError::Body(
-            "give exactly one non-empty \"user_id\" or \"socket_id\"".into(),
-        )),
-    }
-}
-
-/// Why a request that [`route`] refused was refused.
-pub fn reply_for_unknown(_method: &str, path: &str) -> ApiReply {
-    match path {
-        "/api/broadcast" | "/api/disconnect" => ApiReply::MethodNotAllowed { allow: "POST" },
-        "/healthz" | "/metrics" | "/api/presence" => ApiReply::MethodNotAllowed { allow: "GET" },
-        _ => ApiReply::NotFound,
-    }
-}
-
-/// Why a publish request body was refused (answered with 400).
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// Not JSON, or not the expected shape.
-    #[error("invalid request body: {0}")]
-    Body(String),
-    /// Too many messages in one batch.
-    #[error("a batch holds at most {max} messages, got {got}")]
-    BatchTooLarge {
-        /// The configured maximum.
-        max: usize,
-        /// Messages in the request.
-        got: usize,
-    },
-    /// A message was unusable.
-    #[error("message {index}: {problem}")]
-    Message {
-        /// Position in the batch (0 for a single message).
-        index: usize,
-        /// What is wrong.
-        problem: String,
-    },
-}
-
-/// One message as the API receives it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MessageBody<'a> {
-    topic: String,
-    event: String,
-    #[serde(borrow, default)]
-    payload: Option<&'a RawValue>,
-    #[serde(default)]
-    payload_base64: Option<String>,
-}
-
-/// A request body: either one message, or `{"messages":[...]}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RequestBody<'a> {
-    #[serde(borrow, default)]
-    messages: Option<Vec<MessageBody<'a>>>,
-    #[serde(default)]
-    topic: Option<String>,
-    #[serde(default)]
-    event: Option<String>,
-    #[serde(borrow, default)]
-    payload: Option<&'a RawValue>,
-    #[serde(default)]
-    payload_base64: Option<String>,
-}
-
-/// Parses and validates a publish request. Either every message is valid and
-/// returned, or none is published.
-pub fn parse_broadcasts(body: &[u8], max_batch: usize) -> Result<Vec<Broadcast>, ApiError> {
-    let request: RequestBody<'_> =
-        serde_json::from_slice(body).map_err(|e| ApiError::Body(e.to_string()))?;
-    let messages = match request.messages {
-        Some(messages) => {
-            if request.topic.is_some() || request.event.is_some() || request.payload.is_some() {
-                return Err(ApiError::Body(
-                    "send either one message or {\"messages\":[...]}, not both".to_string(),
-                ));
-            }
-            if messages.len() > max_batch {
-                return Err(ApiError::BatchTooLarge {
-                    max: max_batch,
-                    got: messages.len(),
-                });
-            }
-            messages
+    /// A JSON body with `status`.
+    pub fn json_status(status: u16, body: impl Into<Vec<u8>>) -> ApiResponse {
+        ApiResponse {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: body.into(),
         }
-        None => {
-            let (Some(topic), Some(event)) = (request.topic, request.event) else {
-                return Err(ApiError::Body(
-                    "missing field `topic` or `event`".to_string(),
-                ));
-            };
-            vec![MessageBody {
-                topic,
-                event,
-                payload: request.payload,
-                payload_base64: request.payload_base64,
-            }]
-        }
-    };
-    messages
-        .into_iter()
-        .enumerate()
-        .map(|(index, message)| {
-            to_broadcast(message).map_err(|problem| ApiError::Message { index, problem })
-        })
-        .collect()
+    }
+
+    /// `{"error": reason}` with `status`.
+    pub fn error(status: u16, reason: &str) -> ApiResponse {
+        ApiResponse::json_status(status, serde_json::json!({ "error": reason }).to_string())
+    }
 }
 
-fn to_broadcast(message: MessageBody<'_>) -> Result<Broadcast, String> {
-    let payload = match (message.payload, message.payload_base64) {
-        (Some(json), None) => Payload::Json(json.get().as_bytes().to_vec()),
-        (None, Some(encoded)) => Payload::Binary(
-            base64::engine::general_purpose::STANDARD
-                .decode(encoded.as_bytes())
-                .map_err(|e| format!("payload_base64 is not valid base64: {e}"))?,
+/// One endpoint.
+pub struct Endpoint {
+    /// The method it answers.
+    pub method: &'static str,
+    /// The path it answers.
+    pub path: &'static str,
+    /// What answers.
+    pub handler: fn(&mut dyn ApiHost, &Request, &ApiSettings) -> ApiResponse,
+}
+
+/// The API's configuration, as handlers need it.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiSettings<'a> {
+    /// `api.api_key`: required as a Bearer token on `/api/*` when set.
+    pub api_key: Option<&'a str>,
+    /// `api.max_batch`.
+    pub max_batch: usize,
+}
+
+/// Every endpoint, once.
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: "POST",
+        path: "/api/broadcast",
+        handler: broadcast,
+    },
+    Endpoint {
+        method: "POST",
+        path: "/api/disconnect",
+        handler: disconnect,
+    },
+    Endpoint {
+        method: "GET",
+        path: "/api/presence",
+        handler: presence,
+    },
+    Endpoint {
+        method: "GET",
+        path: "/healthz",
+        handler: health,
+    },
+    Endpoint {
+        method: "GET",
+        path: "/metrics",
+        handler: metrics,
+    },
+];
+
+/// Answers an API request: the key rule for `/api/*`, then the endpoint the
+/// table names, `405` for a known path with another method, else `404`.
+pub fn handle(host: &mut dyn ApiHost, request: &Request, settings: &ApiSettings) -> ApiResponse {
+    if request.path.starts_with("/api/")
+        && !authorized(settings.api_key, request.header("authorization"))
+    {
+        let mut response = ApiResponse::json_status(
+            401,
+            &br#"{"error":"unauthorized","reason":"missing or wrong API key (Authorization: Bearer <api_key>)"}"#[..],
+        );
+        response
+            .headers
+            .push(("www-authenticate", Cow::Borrowed("Bearer")));
+        return response;
+    }
+    let same_path = || ENDPOINTS.iter().filter(|e| e.path == request.path);
+    if let Some(endpoint) = same_path().find(|e| e.method == request.method) {
+        return (endpoint.handler)(host, request, settings);
+    }
+    let allow: Vec<&str> = same_path().map(|e| e.method).collect();
+    if allow.is_empty() {
+        return ApiResponse::error(404, "not found");
+    }
+    let mut response = ApiResponse::json_status(405, &br#"{"error":"method not allowed"}"#[..]);
+    response
+        .headers
+        .push(("allow", Cow::Owned(allow.join(", "))));
+    response
+}
+
+/// `POST /api/broadcast`: `{"ok":true,"count":N}`, N messages accepted.
+fn broadcast(host: &mut dyn ApiHost, request: &Request, settings: &ApiSettings) -> ApiResponse {
+    match parse_broadcasts(&request.body, settings.max_batch) {
+        Ok(batch) => {
+            let count = batch.len();
+            for content in batch {
+                // Phoenix's forced disconnect: `disconnect` sent to a socket
+                // id closes that socket's connections.
+                if content.event() == "disconnect" {
+                    host.disconnect(DisconnectTarget::SocketId(content.topic().to_string()));
+                }
+                host.publish(content);
+            }
+            ApiResponse::json(format!(r#"{{"ok":true,"count":{count}}}"#))
+        }
+        Err(error) => ApiResponse::error(400, &error.to_string()),
+    }
+}
+
+/// `POST /api/disconnect`.
+fn disconnect(host: &mut dyn ApiHost, request: &Request, _: &ApiSettings) -> ApiResponse {
+    match parse_disconnect(&request.body) {
+        Ok(target) => {
+            host.disconnect(target);
+            ApiResponse::json(&br#"{"ok":true}"#[..])
+        }
+        Err(error) => ApiResponse::error(400, &error.to_string()),
+    }
+}
+
+/// `GET /api/presence?topic=…`.
+fn presence(host: &mut dyn ApiHost, request: &Request, _: &ApiSettings) -> ApiResponse {
+    let params = parse_pairs(&request.query);
+    match last_value(&params, "topic").filter(|t| !t.is_empty()) {
+        Some(topic) => ApiResponse::json(host.presence_state(topic)),
+        None => ApiResponse::error(
+            400,
+            "the topic query parameter is required: /api/presence?topic=room:lobby",
         ),
-        (Some(_), Some(_)) => {
-            return Err("give `payload` or `payload_base64`, not both".to_string())
-        }
-        (None, None) => {
-            return Err("missing `payload` (a JSON object) or `payload_base64`".to_string())
-        }
-    };
-    Broadcast::new(message.topic, message.event, payload, None)
-        .map_err(|e: PublishError| e.to_string())
+    }
+}
+
+/// `GET /healthz`.
+fn health(_: &mut dyn ApiHost, _: &Request, _: &ApiSettings) -> ApiResponse {
+    ApiResponse::json(&br#"{"status":"ok"}"#[..])
+}
+
+/// `GET /metrics`.
+fn metrics(host: &mut dyn ApiHost, _: &Request, _: &ApiSettings) -> ApiResponse {
+    ApiResponse {
+        status: 200,
+        content_type: "text/plain; version=0.0.4",
+        headers: Vec::new(),
+        body: host.metrics_text().into_bytes(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn disconnect_bodies() {
-        assert_eq!(
-            parse_disconnect(br#"{"user_id":"alice"}"#).unwrap(),
-            DisconnectTarget::UserId("alice".into())
-        );
-        assert_eq!(
-            parse_disconnect(br#"{"socket_id":"user_socket:alice"}"#).unwrap(),
-            DisconnectTarget::SocketId("user_socket:alice".into())
-        );
-        for bad in [
-            &br#"{}"#[..],
-            br#"{"user_id":"a","socket_id":"b"}"#,
-            br#"{"user_id":""}"#,
-            b"nope",
-            br#"{"user":"a"}"#,
-        ] {
-            assert!(
-                parse_disconnect(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+    #[derive(Default)]
+    struct Host {
+        published: Vec<Content>,
+        disconnected: Vec<DisconnectTarget>,
+    }
+
+    impl ApiHost for Host {
+        fn publish(&mut self, content: Content) {
+            self.published.push(content);
+        }
+        fn disconnect(&mut self, target: DisconnectTarget) {
+            self.disconnected.push(target);
+        }
+        fn presence_state(&mut self, topic: &str) -> Vec<u8> {
+            format!(r#"{{"topic":"{topic}"}}"#).into_bytes()
+        }
+        fn metrics_text(&self) -> String {
+            "m 1\n".into()
         }
     }
 
+    fn request(method: &str, path: &str, body: &str) -> Request {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        Request {
+            method: method.into(),
+            path: path.into(),
+            query: query.into(),
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+            keep_alive: true,
+        }
+    }
+
+    const OPEN: ApiSettings = ApiSettings {
+        api_key: None,
+        max_batch: 10,
+    };
+
     #[test]
-    fn api_key_needs_the_exact_bearer_token() {
-        assert!(authorized(None, None));
-        assert!(authorized(Some("k3y"), Some("Bearer k3y")));
-        assert!(authorized(Some("k3y"), Some("bearer  k3y ")));
-        assert!(!authorized(Some("k3y"), None));
-        assert!(!authorized(Some("k3y"), Some("Bearer k3")));
-        assert!(!authorized(Some("k3y"), Some("Bearer k3yy")));
-        assert!(!authorized(Some("k3y"), Some("Basic k3y")));
-        assert!(!authorized(Some("k3y"), Some("k3y")));
+    fn the_table_routes_and_explains_refusals() {
+        let mut host = Host::default();
+        let ok = handle(
+            &mut host,
+            &request(
+                "POST",
+                "/api/broadcast",
+                r#"{"topic":"t","event":"disconnect","payload":{}}"#,
+            ),
+            &OPEN,
+        );
+        assert_eq!(ok.body, br#"{"ok":true,"count":1}"#);
+        assert_eq!(host.published.len(), 1);
+        assert_eq!(
+            host.disconnected,
+            vec![DisconnectTarget::SocketId("t".into())]
+        );
+        let wrong = handle(&mut host, &request("GET", "/api/broadcast", ""), &OPEN);
+        assert_eq!(
+            (wrong.status, wrong.headers.clone()),
+            (405, vec![("allow", Cow::Borrowed("POST"))])
+        );
+        assert_eq!(
+            handle(&mut host, &request("GET", "/nope", ""), &OPEN).status,
+            404
+        );
+        let state = handle(
+            &mut host,
+            &request("GET", "/api/presence?topic=room:1", ""),
+            &OPEN,
+        );
+        assert_eq!(state.body, br#"{"topic":"room:1"}"#);
+        assert_eq!(
+            handle(&mut host, &request("GET", "/api/presence", ""), &OPEN).status,
+            400
+        );
+        assert_eq!(
+            handle(&mut host, &request("GET", "/metrics", ""), &OPEN).body,
+            b"m 1\n"
+        );
     }
 
     #[test]
-    fn single_and_batch() {
-        let one =
-            parse_broadcasts(br#"{"topic":"room:1","event":"e","payload":{"a":1}}"#, 10).unwrap();
-        assert_eq!(one.len(), 1);
-        assert_eq!(one[0].payload(), &Payload::Json(br#"{"a":1}"#.to_vec()));
-        let batch = parse_broadcasts(
-            br#"{"messages":[{"topic":"a","event":"e","payload":{}},{"topic":"b","event":"e","payload_base64":"AQI="}]}"#,
-            10,
-        )
-        .unwrap();
-        assert_eq!(batch.len(), 2);
-        assert_eq!(batch[1].payload(), &Payload::Binary(vec![1, 2]));
-    }
-
-    #[test]
-    fn refusals_say_why() {
-        let err = |body: &[u8]| parse_broadcasts(body, 2).unwrap_err().to_string();
-        assert!(err(b"nope").contains("invalid request body"));
-        assert!(err(br#"{"topic":"a","event":"e","payload":[1]}"#).contains("JSON object"));
-        assert!(err(br#"{"topic":"a","event":"e"}"#).contains("missing `payload`"));
-        assert!(err(br#"{"topic":"","event":"e","payload":{}}"#).contains("topic"));
-        assert!(err(br#"{"topic":"a","event":"e","payload":{},"extra":1}"#).contains("extra"));
-        let three = br#"{"messages":[{"topic":"a","event":"e","payload":{}},{"topic":"a","event":"e","payload":{}},{"topic":"a","event":"e","payload":{}}]}"#;
-        assert!(err(three).contains("at most 2"));
-        assert!(err(br#"{"messages":[{"topic":"a","event":"e","payload":{}},{"topic":"a","event":"e","payload":3}]}"#)
-            .contains("message 1"));
+    fn the_key_guards_api_paths_only() {
+        let mut host = Host::default();
+        let keyed = ApiSettings {
+            api_key: Some("k3y"),
+            max_batch: 10,
+        };
+        let refused = handle(
+            &mut host,
+            &request("POST", "/api/disconnect", r#"{"user_id":"a"}"#),
+            &keyed,
+        );
+        assert_eq!(refused.status, 401);
+        assert!(host.disconnected.is_empty());
+        assert_eq!(
+            handle(&mut host, &request("GET", "/healthz", ""), &keyed).status,
+            200
+        );
+        let mut with_key = request("POST", "/api/disconnect", r#"{"user_id":"a"}"#);
+        with_key
+            .headers
+            .push(("authorization".into(), "Bearer k3y".into()));
+        assert_eq!(handle(&mut host, &with_key, &keyed).status, 200);
     }
 }

@@ -1,26 +1,31 @@
-//! A broadcast and the frames it is encoded into, once per wire format.
+//! A broadcast: what it says, who published it, and its frames.
 //!
-//! A [`Broadcast`] is created once by its publisher (the HTTP API or a client
-//! event) and shared by every shard through an `Arc`. The first shard that
-//! has a subscriber of a given serializer encodes the finished WebSocket frame
-//! into an [`EncodedFrame`]; every other subscriber, on every shard, queues a
-//! clone of that `Arc`. Nothing is encoded for a serializer no subscriber
-//! uses, and nothing is ever encoded twice (this is Phoenix's "fastlane",
-//! generalised to the frame bytes).
-
-use std::sync::{Arc, OnceLock};
+//! [`Content`] is a validated topic, event and payload: what the HTTP API,
+//! a client event, a backend hook or presence wants sent. Publishing stamps
+//! it into a [`Broadcast`] with an identity — a [`BroadcastId`], its
+//! [`Origin`] (node, shard and, for `broadcast_from`, the sending client)
+//! and the publish time — and shares it with every shard through an `Arc`.
+//! The first shard with a subscriber of a given [`FrameKind`] encodes the
+//! finished frame; every other subscriber, on every shard, queues a clone
+//! of that `Arc` (Phoenix's "fastlane", generalised to the frame bytes).
+//!
+//! A broadcast also has a byte form ([`Broadcast::to_bytes`]) for carrying
+//! it between nodes or into a history store. The payload travels as the
+//! bytes it was published with: nothing is re-parsed on either side.
 
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
+use super::frame::{EncodedFrame, FrameCache, FrameKind};
+use super::topics::ClientId;
 use crate::protocol::encode::{encode_binary_broadcast, encode_text};
 use crate::protocol::message::{Name, Payload, RawJson, Serializer};
-use crate::transport::frame::write_frame;
 
 /// The most bytes a binary frame's topic or event may hold (one length byte).
 const BINARY_FIELD_MAX: usize = 255;
 
-/// Why a broadcast cannot be published. Checked at publish time so a bad
-/// message is refused to its publisher instead of failing on some shard.
+/// Why a broadcast cannot be published. Checked when the content is made,
+/// so a bad message is refused to its publisher instead of failing on some
+/// shard.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
     /// The topic is empty.
@@ -42,85 +47,18 @@ pub enum PublishError {
     },
 }
 
-/// One finished WebSocket frame, shared by every connection it is queued on.
-///
-/// Cloning is one atomic increment. The bytes are the complete frame (header
-/// and body), ready for `writev`; [`EncodedFrame::body`] exposes the message
-/// text without the header for transports that are not WebSocket.
-#[derive(Debug, Clone)]
-pub struct EncodedFrame(Arc<FrameBytes>);
-
-#[derive(Debug)]
-struct FrameBytes {
-    bytes: Box<[u8]>,
-    body_start: usize,
-}
-
-impl EncodedFrame {
-    /// Frames `body` as one final, unmasked WebSocket frame of `opcode`.
-    pub fn new(opcode: OpCode, body: &[u8]) -> EncodedFrame {
-        let mut bytes = Vec::with_capacity(body.len() + 10);
-        write_frame(&mut bytes, opcode, body);
-        let body_start = bytes.len() - body.len();
-        EncodedFrame(Arc::new(FrameBytes {
-            bytes: bytes.into_boxed_slice(),
-            body_start,
-        }))
-    }
-
-    /// The whole frame, header included.
-    #[inline]
-    pub fn bytes(&self) -> &[u8] {
-        &self.0.bytes
-    }
-
-    /// The message without the WebSocket header.
-    pub fn body(&self) -> &[u8] {
-        &self.0.bytes[self.0.body_start..]
-    }
-
-    /// Total length in bytes, header included.
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.0.bytes.len()
-    }
-
-    /// Whether the frame is empty (never true for a real frame).
-    pub fn is_empty(&self) -> bool {
-        self.0.bytes.is_empty()
-    }
-}
-
-/// The connection a `broadcast_from` must skip: a slab key on the shard where
-/// the broadcast was published. Only that shard compares it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sender {
-    /// The publishing shard.
-    pub shard: usize,
-    /// The sender's connection key on that shard.
-    pub connection: usize,
-}
-
-/// A message for every subscriber of a topic.
-#[derive(Debug)]
-pub struct Broadcast {
+/// What a broadcast says: a topic, an event and a payload that every wire
+/// format can carry (checked once, here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
     topic: String,
     event: String,
     payload: Payload,
-    exclude: Option<Sender>,
-    /// One lazily encoded frame per serializer (V1, V2); `None` inside means
-    /// the payload has no form in that serializer (binary on V1).
-    frames: [OnceLock<Option<EncodedFrame>>; 2],
 }
 
-impl Broadcast {
-    /// Validates and creates a broadcast. `exclude` makes it a `broadcast_from`.
-    pub fn new(
-        topic: String,
-        event: String,
-        payload: Payload,
-        exclude: Option<Sender>,
-    ) -> Result<Broadcast, PublishError> {
+impl Content {
+    /// Validates a message for publishing.
+    pub fn new(topic: String, event: String, payload: Payload) -> Result<Content, PublishError> {
         if topic.is_empty() {
             return Err(PublishError::EmptyTopic);
         }
@@ -140,12 +78,10 @@ impl Broadcast {
             }
             Payload::Json(_) => {}
         }
-        Ok(Broadcast {
+        Ok(Content {
             topic,
             event,
             payload,
-            exclude,
-            frames: [OnceLock::new(), OnceLock::new()],
         })
     }
 
@@ -163,55 +99,303 @@ impl Broadcast {
     pub fn payload(&self) -> &Payload {
         &self.payload
     }
+}
 
-    /// The connection to skip, for `broadcast_from`.
-    pub fn exclude(&self) -> Option<Sender> {
-        self.exclude
+/// A Cinder process: random per start, so two processes (or one process
+/// before and after a restart) never share broadcast ids or origins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NodeId(pub u64);
+
+/// A broadcast's id, unique within its node: the publishing shard in the
+/// top 16 bits and that shard's publish counter below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BroadcastId(pub u64);
+
+impl BroadcastId {
+    /// The `sequence`-th broadcast published by `shard`.
+    pub fn new(shard: u16, sequence: u64) -> BroadcastId {
+        BroadcastId(u64::from(shard) << 48 | (sequence & ((1 << 48) - 1)))
+    }
+}
+
+/// Where a broadcast was published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The publishing process.
+    pub node: NodeId,
+    /// The publishing shard of that process.
+    pub shard: u16,
+    /// For `broadcast_from`: the client that sent it, which must not get it
+    /// back. A client id means something only on its own node and shard.
+    pub sender: Option<ClientId>,
+}
+
+/// A published message for every subscriber of a topic, with its identity
+/// and its lazily encoded frames.
+#[derive(Debug)]
+pub struct Broadcast {
+    id: BroadcastId,
+    origin: Origin,
+    /// Publish time, in milliseconds since the Unix epoch.
+    published_at_ms: u64,
+    content: Content,
+    frames: FrameCache,
+}
+
+impl Broadcast {
+    /// Stamps `content` with its identity.
+    pub fn new(
+        content: Content,
+        id: BroadcastId,
+        origin: Origin,
+        published_at_ms: u64,
+    ) -> Broadcast {
+        Broadcast {
+            id,
+            origin,
+            published_at_ms,
+            content,
+            frames: FrameCache::default(),
+        }
+    }
+
+    /// The id (unique within the origin node).
+    pub fn id(&self) -> BroadcastId {
+        self.id
+    }
+
+    /// Where it was published.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// When it was published (milliseconds since the Unix epoch).
+    pub fn published_at_ms(&self) -> u64 {
+        self.published_at_ms
+    }
+
+    /// What it says.
+    pub fn content(&self) -> &Content {
+        &self.content
+    }
+
+    /// The topic.
+    #[inline]
+    pub fn topic(&self) -> &str {
+        &self.content.topic
+    }
+
+    /// The event name.
+    pub fn event(&self) -> &str {
+        &self.content.event
+    }
+
+    /// The payload as published.
+    pub fn payload(&self) -> &Payload {
+        &self.content.payload
     }
 
     /// Whether the payload is binary (no JSON text form: V1 and long-poll
     /// clients cannot receive it).
     pub fn is_binary(&self) -> bool {
-        matches!(self.payload, Payload::Binary(_))
+        matches!(self.content.payload, Payload::Binary(_))
     }
 
-    /// The frame for subscribers of `serializer`, encoded on first use.
-    /// `None` when the payload cannot be expressed (binary for V1).
+    /// The client a shard must skip: the sender of a `broadcast_from`, on
+    /// the node and shard it was sent from (anywhere else the id names
+    /// some other client).
     #[inline]
-    pub fn frame_for(&self, serializer: Serializer) -> Option<&EncodedFrame> {
-        let slot = match serializer {
-            Serializer::V1 => &self.frames[0],
-            Serializer::V2 => &self.frames[1],
-        };
-        slot.get_or_init(|| self.encode(serializer)).as_ref()
+    pub fn sender_on(&self, node: NodeId, shard: u16) -> Option<ClientId> {
+        let origin = &self.origin;
+        origin
+            .sender
+            .filter(|_| origin.node == node && origin.shard == shard)
     }
 
-    fn encode(&self, serializer: Serializer) -> Option<EncodedFrame> {
-        match (&self.payload, serializer) {
-            (Payload::Json(json), _) => {
-                let mut body =
-                    Vec::with_capacity(json.len() + self.topic.len() + self.event.len() + 64);
-                let topic = Name::Str(self.topic.clone());
+    /// The frame for subscribers of `kind`, encoded on first use by any
+    /// shard. `None` when the payload has no form of that kind (binary on V1).
+    #[inline]
+    pub fn frame(&self, kind: FrameKind) -> Option<&EncodedFrame> {
+        self.frames.get_or_encode(kind, || self.encode(kind))
+    }
+
+    fn encode(&self, kind: FrameKind) -> Option<EncodedFrame> {
+        let Content {
+            topic,
+            event,
+            payload,
+        } = &self.content;
+        match (payload, kind.serializer) {
+            (Payload::Json(json), serializer) => {
+                let mut body = Vec::with_capacity(json.len() + topic.len() + event.len() + 64);
                 encode_text(
                     &mut body,
                     serializer,
                     &RawJson::null(),
                     &RawJson::null(),
-                    &topic,
-                    &self.event,
+                    &Name::Str(topic.clone()),
+                    event,
                     json,
                 );
                 Some(EncodedFrame::new(OpCode::Data(Data::Text), &body))
             }
             (Payload::Binary(bytes), Serializer::V2) => {
-                let mut body =
-                    Vec::with_capacity(bytes.len() + self.topic.len() + self.event.len() + 3);
-                // Lengths were checked in `new`, so this cannot fail.
-                encode_binary_broadcast(&mut body, &self.topic, &self.event, bytes).ok()?;
+                let mut body = Vec::with_capacity(bytes.len() + topic.len() + event.len() + 3);
+                // Lengths were checked by `Content::new`, so this cannot fail.
+                encode_binary_broadcast(&mut body, topic, event, bytes).ok()?;
                 Some(EncodedFrame::new(OpCode::Data(Data::Binary), &body))
             }
             (Payload::Binary(_), Serializer::V1) => None,
         }
+    }
+}
+
+/// Why bytes are not a broadcast ([`Broadcast::from_bytes`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes end before the broadcast does.
+    #[error("truncated broadcast")]
+    Truncated,
+    /// A version this build does not read.
+    #[error("unknown broadcast format version {0}")]
+    Version(u8),
+    /// The topic or event is not UTF-8.
+    #[error("topic or event is not UTF-8")]
+    Utf8,
+    /// An unknown payload kind byte.
+    #[error("unknown payload kind {0}")]
+    PayloadKind(u8),
+    /// Bytes follow the broadcast.
+    #[error("{0} bytes after the broadcast")]
+    Trailing(usize),
+    /// The content would not have been publishable.
+    #[error(transparent)]
+    Invalid(#[from] PublishError),
+}
+
+/// The byte form's version.
+const FORMAT_VERSION: u8 = 1;
+/// `sender` value meaning "no sender" (a plain broadcast).
+const NO_SENDER: u32 = u32::MAX;
+/// Payload kind bytes.
+const PAYLOAD_JSON: u8 = 0;
+const PAYLOAD_BINARY: u8 = 1;
+
+impl Broadcast {
+    /// The broadcast as bytes, big-endian: version, id, origin node, shard
+    /// and sender, publish time, then topic and event (16-bit lengths) and
+    /// the payload (kind byte, 32-bit length, bytes as published).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let Content {
+            topic,
+            event,
+            payload,
+        } = &self.content;
+        let (kind, body) = match payload {
+            Payload::Json(text) => (PAYLOAD_JSON, text),
+            Payload::Binary(bytes) => (PAYLOAD_BINARY, bytes),
+        };
+        let mut out = Vec::with_capacity(40 + topic.len() + event.len() + body.len());
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&self.id.0.to_be_bytes());
+        out.extend_from_slice(&self.origin.node.0.to_be_bytes());
+        out.extend_from_slice(&self.origin.shard.to_be_bytes());
+        let sender = self.origin.sender.map_or(NO_SENDER, |c| c.0 as u32);
+        out.extend_from_slice(&sender.to_be_bytes());
+        out.extend_from_slice(&self.published_at_ms.to_be_bytes());
+        for field in [topic.as_bytes(), event.as_bytes()] {
+            // Longer fields cannot be published: a topic or event over 64 KiB
+            // is refused by the HTTP and WebSocket size limits long before.
+            let len = field.len().min(u16::MAX as usize);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+            out.extend_from_slice(&field[..len]);
+        }
+        out.push(kind);
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Reads [`Broadcast::to_bytes`]'s form back. The payload is copied as
+    /// it is (a JSON payload is checked to be an object by its first byte,
+    /// as on publish, never parsed); anything malformed is an error, never
+    /// a panic or a partial broadcast.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Broadcast, DecodeError> {
+        let mut reader = Reader(bytes);
+        let version = reader.u8()?;
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let id = BroadcastId(reader.u64()?);
+        let node = NodeId(reader.u64()?);
+        let shard = reader.u16()?;
+        let sender = match reader.u32()? {
+            NO_SENDER => None,
+            key => Some(ClientId(key as usize)),
+        };
+        let published_at_ms = reader.u64()?;
+        let topic = reader.text()?;
+        let event = reader.text()?;
+        let kind = reader.u8()?;
+        let len = reader.u32()? as usize;
+        let body = reader.take(len)?.to_vec();
+        if !reader.0.is_empty() {
+            return Err(DecodeError::Trailing(reader.0.len()));
+        }
+        let payload = match kind {
+            PAYLOAD_JSON => Payload::Json(body),
+            PAYLOAD_BINARY => Payload::Binary(body),
+            other => return Err(DecodeError::PayloadKind(other)),
+        };
+        let content = Content::new(topic, event, payload)?;
+        let origin = Origin {
+            node,
+            shard,
+            sender,
+        };
+        Ok(Broadcast::new(content, id, origin, published_at_ms))
+    }
+}
+
+/// A cursor over the byte form.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        self.array().map(u16::from_be_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        self.array().map(u32::from_be_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        self.array().map(u64::from_be_bytes)
+    }
+
+    fn text(&mut self) -> Result<String, DecodeError> {
+        let len = usize::from(self.u16()?);
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::Utf8)
     }
 }
 
@@ -223,27 +407,38 @@ mod tests {
         Payload::Json(text.as_bytes().to_vec())
     }
 
-    #[test]
-    fn encodes_each_serializer_once_and_shares_the_bytes() {
-        let b = Broadcast::new(
-            "room:1".into(),
-            "new_msg".into(),
-            json(r#"{"body":"hi"}"#),
-            None,
+    fn origin(sender: Option<ClientId>) -> Origin {
+        Origin {
+            node: NodeId(7),
+            shard: 1,
+            sender,
+        }
+    }
+
+    fn broadcast(topic: &str, event: &str, payload: Payload) -> Broadcast {
+        let content = Content::new(topic.into(), event.into(), payload).unwrap();
+        Broadcast::new(
+            content,
+            BroadcastId::new(1, 5),
+            origin(None),
+            1_700_000_000_000,
         )
-        .unwrap();
-        let v2 = b.frame_for(Serializer::V2).unwrap().clone();
+    }
+
+    const V1: FrameKind = FrameKind::of(Serializer::V1);
+    const V2: FrameKind = FrameKind::of(Serializer::V2);
+
+    #[test]
+    fn encodes_each_kind_once_and_shares_the_bytes() {
+        let b = broadcast("room:1", "new_msg", json(r#"{"body":"hi"}"#));
+        let v2 = b.frame(V2).unwrap().clone();
         assert_eq!(
             v2.body(),
             br#"[null,null,"room:1","new_msg",{"body":"hi"}]"#
         );
         assert_eq!(v2.bytes()[0], 0x81);
-        let again = b.frame_for(Serializer::V2).unwrap();
-        assert!(
-            Arc::ptr_eq(&v2.0, &again.0),
-            "a second subscriber must share the frame"
-        );
-        let v1 = b.frame_for(Serializer::V1).unwrap();
+        assert!(v2.shares_bytes_with(b.frame(V2).unwrap()));
+        let v1 = b.frame(V1).unwrap();
         let value: serde_json::Value = serde_json::from_slice(v1.body()).unwrap();
         assert_eq!(
             value,
@@ -253,36 +448,88 @@ mod tests {
 
     #[test]
     fn binary_goes_to_v2_only() {
-        let b = Broadcast::new(
-            "room:1".into(),
-            "tick".into(),
-            Payload::Binary(vec![0xff]),
-            None,
-        )
-        .unwrap();
-        let frame = b.frame_for(Serializer::V2).unwrap();
+        let b = broadcast("room:1", "tick", Payload::Binary(vec![0xff]));
+        let frame = b.frame(V2).unwrap();
         assert_eq!(frame.bytes()[0], 0x82);
         assert_eq!(frame.body(), b"\x02\x06\x04room:1tick\xff");
-        assert!(b.frame_for(Serializer::V1).is_none());
+        assert!(b.frame(V1).is_none());
     }
 
     #[test]
     fn refuses_what_cannot_be_encoded() {
+        let content = |t: &str, p| Content::new(t.into(), "e".into(), p);
         assert_eq!(
-            Broadcast::new("t".into(), "e".into(), json("[1]"), None).unwrap_err(),
-            PublishError::PayloadNotObject
+            content("t", json("[1]")),
+            Err(PublishError::PayloadNotObject)
         );
-        assert_eq!(
-            Broadcast::new("".into(), "e".into(), json("{}"), None).unwrap_err(),
-            PublishError::EmptyTopic
-        );
-        let long = "x".repeat(256);
+        assert_eq!(content("", json("{}")), Err(PublishError::EmptyTopic));
         assert!(matches!(
-            Broadcast::new(long, "e".into(), Payload::Binary(vec![]), None),
+            content(&"x".repeat(256), Payload::Binary(vec![])),
             Err(PublishError::FieldTooLong {
                 field: "topic",
                 len: 256
             })
         ));
+    }
+
+    #[test]
+    fn only_the_origin_shard_skips_the_sender() {
+        let content = Content::new("t".into(), "e".into(), json("{}")).unwrap();
+        let b = Broadcast::new(content, BroadcastId(1), origin(Some(ClientId(3))), 0);
+        assert_eq!(b.sender_on(NodeId(7), 1), Some(ClientId(3)));
+        assert_eq!(b.sender_on(NodeId(7), 0), None);
+        assert_eq!(b.sender_on(NodeId(8), 1), None);
+    }
+
+    #[test]
+    fn bytes_round_trip_keeps_identity_and_payload_bytes() {
+        for payload in [
+            json(r#" {"n": 1e400, "s":"\ud83d"} "#),
+            Payload::Binary(vec![0, 1, 255]),
+        ] {
+            let content = Content::new("room:é".into(), "ev".into(), payload).unwrap();
+            let b = Broadcast::new(
+                content,
+                BroadcastId::new(3, 9),
+                origin(Some(ClientId(12))),
+                42,
+            );
+            let back = Broadcast::from_bytes(&b.to_bytes()).unwrap();
+            assert_eq!(back.content(), b.content());
+            assert_eq!(back.id(), b.id());
+            assert_eq!(back.origin(), b.origin());
+            assert_eq!(back.published_at_ms(), 42);
+        }
+    }
+
+    #[test]
+    fn malformed_bytes_are_errors() {
+        let bytes = broadcast("room:1", "e", json("{}")).to_bytes();
+        for cut in 0..bytes.len() {
+            assert!(
+                Broadcast::from_bytes(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            Broadcast::from_bytes(&longer).unwrap_err(),
+            DecodeError::Trailing(1)
+        );
+        let mut version = bytes.clone();
+        version[0] = 9;
+        assert_eq!(
+            Broadcast::from_bytes(&version).unwrap_err(),
+            DecodeError::Version(9)
+        );
+        let mut not_object = broadcast("t", "e", json("{}")).to_bytes();
+        let last = not_object.len() - 1;
+        not_object[last - 1] = b'[';
+        not_object[last] = b']';
+        assert_eq!(
+            Broadcast::from_bytes(&not_object).unwrap_err(),
+            DecodeError::Invalid(PublishError::PayloadNotObject)
+        );
     }
 }

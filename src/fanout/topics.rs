@@ -1,25 +1,25 @@
-//! A shard's topic table: which of its connections subscribe to which topic.
+//! A shard's topic table: which of its clients subscribe to which topic.
 //!
-//! Subscribers are kept per serializer so a broadcast looks up the frame for
-//! a serializer once and then only clones it into each subscriber's outbox.
-//! Each set is a `Slab` of connection keys: subscribing returns the slot,
-//! the connection keeps it, and unsubscribing is O(1) even in a topic with a
-//! hundred thousand subscribers (no scan, no shifting).
+//! Subscribers are kept per [`FrameKind`] so a broadcast looks up the frame
+//! for a kind once and then only clones it onto each subscriber's sink. Each
+//! set is a `Slab` of client ids: subscribing returns the slot, the client
+//! keeps it, and unsubscribing is O(1) even in a topic with a hundred
+//! thousand subscribers (no scan, no shifting). A client is a client here,
+//! whatever transport carries it.
 
 use std::collections::HashMap;
 
 use slab::Slab;
 
-use crate::protocol::message::Serializer;
+use super::frame::FrameKind;
 
-/// Subscriber keys with this bit set name a long-poll session rather than a
-/// connection. They are kept apart from the connections so the WebSocket
-/// fan-out loop stays one `Arc` clone per subscriber with no per-subscriber
-/// branch.
-pub const LONGPOLL_TAG: usize = 1 << (usize::BITS - 1);
+/// A client of the channel layer on one shard (a WebSocket connection or a
+/// long-poll session): its key in the shard's client table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientId(pub usize);
 
-/// A subscription's position in its topic's set, kept by the connection so
-/// it can leave in O(1).
+/// A subscription's position in its topic's set, kept by the client so it
+/// can leave in O(1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubscriptionSlot(usize);
 
@@ -31,48 +31,27 @@ impl SubscriptionSlot {
     }
 }
 
-/// The subscribers of one topic on one shard.
+/// The subscribers of one topic on one shard, per frame kind.
 #[derive(Debug, Default)]
 pub struct SubscriberSet {
-    /// Connection keys of V1 (JSON object) subscribers.
-    v1: Slab<usize>,
-    /// Connection keys of V2 (JSON array / binary) subscribers.
-    v2: Slab<usize>,
-    /// Tagged keys of long-poll sessions (any serializer; the session knows).
-    longpoll: Slab<usize>,
+    by_kind: [Slab<ClientId>; FrameKind::COUNT],
 }
 
 impl SubscriberSet {
-    /// The connection keys subscribed with `serializer`.
+    /// The clients that receive frames of `kind`.
     #[inline]
-    pub fn of(&self, serializer: Serializer) -> &Slab<usize> {
-        match serializer {
-            Serializer::V1 => &self.v1,
-            Serializer::V2 => &self.v2,
-        }
-    }
-
-    /// The long-poll sessions subscribed (keys carry [`LONGPOLL_TAG`]).
-    #[inline]
-    pub fn longpoll(&self) -> &Slab<usize> {
-        &self.longpoll
-    }
-
-    fn of_mut(&mut self, serializer: Serializer) -> &mut Slab<usize> {
-        match serializer {
-            Serializer::V1 => &mut self.v1,
-            Serializer::V2 => &mut self.v2,
-        }
+    pub fn of(&self, kind: FrameKind) -> &Slab<ClientId> {
+        &self.by_kind[kind.index()]
     }
 
     /// Subscribers of every kind.
     pub fn len(&self) -> usize {
-        self.v1.len() + self.v2.len() + self.longpoll.len()
+        self.by_kind.iter().map(Slab::len).sum()
     }
 
     /// Whether nobody is subscribed.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.by_kind.iter().all(Slab::is_empty)
     }
 }
 
@@ -88,36 +67,28 @@ impl TopicTable {
         TopicTable::default()
     }
 
-    /// Adds connection `connection` (or a session, tagged with
-    /// [`LONGPOLL_TAG`]) to `topic`.
+    /// Adds `client`, which receives frames of `kind`, to `topic`.
     pub fn subscribe(
         &mut self,
         topic: &str,
-        serializer: Serializer,
-        connection: usize,
+        kind: FrameKind,
+        client: ClientId,
     ) -> SubscriptionSlot {
         let set = match self.topics.get_mut(topic) {
             Some(set) => set,
             None => self.topics.entry(Box::from(topic)).or_default(),
         };
-        if connection & LONGPOLL_TAG != 0 {
-            return SubscriptionSlot(set.longpoll.insert(connection) | LONGPOLL_TAG);
-        }
-        SubscriptionSlot(set.of_mut(serializer).insert(connection))
+        SubscriptionSlot(set.by_kind[kind.index()].insert(client))
     }
 
     /// Removes the subscription at `slot`. The topic disappears with its last
     /// subscriber so the table's size follows the live topics.
-    pub fn unsubscribe(&mut self, topic: &str, serializer: Serializer, slot: SubscriptionSlot) {
+    pub fn unsubscribe(&mut self, topic: &str, kind: FrameKind, slot: SubscriptionSlot) {
         let Some(set) = self.topics.get_mut(topic) else {
             debug_assert!(false, "unsubscribe from unknown topic {topic}");
             return;
         };
-        let removed = if slot.0 & LONGPOLL_TAG != 0 {
-            set.longpoll.try_remove(slot.0 & !LONGPOLL_TAG)
-        } else {
-            set.of_mut(serializer).try_remove(slot.0)
-        };
+        let removed = set.by_kind[kind.index()].try_remove(slot.0);
         debug_assert!(removed.is_some(), "unsubscribe of a vacant slot on {topic}");
         if set.is_empty() {
             self.topics.remove(topic);
@@ -139,38 +110,26 @@ impl TopicTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::message::Serializer;
+
+    const V1: FrameKind = FrameKind::of(Serializer::V1);
+    const V2: FrameKind = FrameKind::of(Serializer::V2);
 
     #[test]
     fn subscribe_lookup_unsubscribe() {
         let mut table = TopicTable::new();
-        let a = table.subscribe("room:1", Serializer::V2, 10);
-        let b = table.subscribe("room:1", Serializer::V1, 11);
-        let c = table.subscribe("room:1", Serializer::V2, 12);
+        let a = table.subscribe("room:1", V2, ClientId(10));
+        let b = table.subscribe("room:1", V1, ClientId(11));
+        let c = table.subscribe("room:1", V2, ClientId(12));
         let set = table.get("room:1").unwrap();
         assert_eq!(set.len(), 3);
-        let v2: Vec<usize> = set.of(Serializer::V2).iter().map(|(_, &k)| k).collect();
-        assert_eq!(v2, vec![10, 12]);
-        table.unsubscribe("room:1", Serializer::V2, a);
-        table.unsubscribe("room:1", Serializer::V1, b);
+        let v2: Vec<ClientId> = set.of(V2).iter().map(|(_, &k)| k).collect();
+        assert_eq!(v2, vec![ClientId(10), ClientId(12)]);
+        table.unsubscribe("room:1", V2, a);
+        table.unsubscribe("room:1", V1, b);
         assert_eq!(table.get("room:1").unwrap().len(), 1);
-        table.unsubscribe("room:1", Serializer::V2, c);
+        table.unsubscribe("room:1", V2, c);
         assert!(table.get("room:1").is_none());
         assert_eq!(table.topic_count(), 0);
-    }
-
-    #[test]
-    fn sessions_are_kept_apart_from_connections() {
-        let mut table = TopicTable::new();
-        let conn = table.subscribe("room:1", Serializer::V2, 3);
-        let session = table.subscribe("room:1", Serializer::V2, 3 | LONGPOLL_TAG);
-        let set = table.get("room:1").unwrap();
-        assert_eq!(set.len(), 2);
-        assert_eq!(set.of(Serializer::V2).len(), 1);
-        let sessions: Vec<usize> = set.longpoll().iter().map(|(_, &k)| k).collect();
-        assert_eq!(sessions, vec![3 | LONGPOLL_TAG]);
-        table.unsubscribe("room:1", Serializer::V2, session);
-        assert!(table.get("room:1").unwrap().longpoll().is_empty());
-        table.unsubscribe("room:1", Serializer::V2, conn);
-        assert!(table.get("room:1").is_none());
     }
 }

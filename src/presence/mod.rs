@@ -176,9 +176,67 @@ pub fn write_presence<'m>(out: &mut Vec<u8>, key: &str, metas: impl Iterator<Ite
     out.extend_from_slice(b"]}");
 }
 
+/// The key a joining client is tracked under, as Phoenix apps usually
+/// choose it: the route's configured join payload field (a string, number
+/// or boolean, stringified as Phoenix does), else the user id, else a key
+/// of this connection alone (`anonymous`), so two anonymous tabs are two
+/// members.
+pub fn presence_key(
+    key_field: Option<&str>,
+    payload: Option<&serde_json::Value>,
+    user_id: Option<&str>,
+    anonymous: impl FnOnce() -> String,
+) -> String {
+    use serde_json::Value;
+    let from_payload =
+        key_field
+            .and_then(|field| payload?.get(field))
+            .and_then(|value| match value {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                Value::Bool(b) => Some(b.to_string()),
+                _ => None,
+            });
+    from_payload
+        .or_else(|| user_id.map(str::to_string))
+        .unwrap_or_else(anonymous)
+}
+
+/// One topic's presence changes of one turn, as every shard receives them:
+/// the structured diff (for the replicas) and its `presence_diff` broadcast
+/// (encoded once for every subscriber on every shard).
+#[derive(Debug)]
+pub struct PresenceSync {
+    /// The changes.
+    pub diff: PresenceDiff,
+    /// The `presence_diff` message.
+    pub broadcast: Arc<crate::fanout::broadcast::Broadcast>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presence_keys_come_from_the_payload_then_the_user_then_the_connection() {
+        let payload = serde_json::json!({"name": "ann", "n": 7, "empty": "", "list": [1]});
+        let anon = || "anonymous:1".to_string();
+        assert_eq!(
+            presence_key(Some("name"), Some(&payload), Some("u1"), anon),
+            "ann"
+        );
+        assert_eq!(presence_key(Some("n"), Some(&payload), None, anon), "7");
+        assert_eq!(
+            presence_key(Some("empty"), Some(&payload), Some("u1"), anon),
+            "u1"
+        );
+        assert_eq!(
+            presence_key(Some("list"), Some(&payload), None, anon),
+            "anonymous:1"
+        );
+        assert_eq!(presence_key(None, Some(&payload), Some("u1"), anon), "u1");
+        assert_eq!(presence_key(Some("name"), None, None, anon), "anonymous:1");
+    }
     use serde_json::{json, Value};
 
     #[test]

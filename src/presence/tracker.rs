@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Meta, MetaData, MetaError, PresenceDiff, RefMinter};
+use crate::fanout::topics::ClientId;
 
 /// One tracked client on one topic.
 #[derive(Debug)]
@@ -28,7 +29,7 @@ pub enum UpdateError {
 #[derive(Debug)]
 pub struct LocalPresence {
     /// Topic → client key → what it tracks.
-    tracked: HashMap<String, HashMap<usize, Tracked>>,
+    tracked: HashMap<String, HashMap<ClientId, Tracked>>,
     /// Changes of this turn, by topic, in the order made.
     pending: HashMap<String, PresenceDiff>,
     minter: RefMinter,
@@ -49,7 +50,7 @@ impl LocalPresence {
     pub fn track(
         &mut self,
         topic: &str,
-        client: usize,
+        client: ClientId,
         key: &str,
         object: Option<&serde_json::Value>,
     ) -> Result<(), MetaError> {
@@ -66,7 +67,7 @@ impl LocalPresence {
 
     /// Stops tracking `client` on `topic` (left, replaced or disconnected);
     /// nothing happens if it was not tracked.
-    pub fn untrack(&mut self, topic: &str, client: usize) {
+    pub fn untrack(&mut self, topic: &str, client: ClientId) {
         if self.tracked.is_empty() {
             return; // the usual case when no route tracks presence: no hashing
         }
@@ -87,7 +88,7 @@ impl LocalPresence {
     pub fn update(
         &mut self,
         topic: &str,
-        client: usize,
+        client: ClientId,
         object: Option<&serde_json::Value>,
     ) -> Result<(), UpdateError> {
         let old = self
@@ -141,11 +142,11 @@ mod tests {
         let mut local = LocalPresence::new(RefMinter::new(1, 0));
         for client in 0..100 {
             local
-                .track("room", client, &format!("u{client}"), None)
+                .track("room", ClientId(client), &format!("u{client}"), None)
                 .unwrap();
         }
-        local.untrack("room", 7);
-        local.untrack("room", 7); // already gone: nothing
+        local.untrack("room", ClientId(7));
+        local.untrack("room", ClientId(7)); // already gone: nothing
         let diffs: Vec<PresenceDiff> = local.take_diffs().collect();
         assert_eq!(diffs.len(), 1);
         assert_eq!(diffs[0].joins.len(), 100);
@@ -157,19 +158,24 @@ mod tests {
     fn updates_join_the_new_meta_and_leave_the_old() {
         let mut local = LocalPresence::new(RefMinter::new(1, 0));
         local
-            .track("room", 1, "alice", Some(&json!({"s": 1})))
+            .track("room", ClientId(1), "alice", Some(&json!({"s": 1})))
             .unwrap();
         let old = local.take_diffs().next().unwrap().joins[0].1.clone();
-        local.update("room", 1, Some(&json!({"s": 2}))).unwrap();
+        local
+            .update("room", ClientId(1), Some(&json!({"s": 2})))
+            .unwrap();
         let diff = local.take_diffs().next().unwrap();
         let new = &diff.joins[0].1;
         assert!(new
             .json
             .contains(&format!("\"phx_ref_prev\":\"{}\"", old.phx_ref)));
         assert_eq!(diff.leaves[0].1, old);
-        assert_eq!(local.update("room", 2, None), Err(UpdateError::NotTracked));
         assert_eq!(
-            local.update("room", 1, Some(&json!("x"))),
+            local.update("room", ClientId(2), None),
+            Err(UpdateError::NotTracked)
+        );
+        assert_eq!(
+            local.update("room", ClientId(1), Some(&json!("x"))),
             Err(UpdateError::Meta(MetaError::NotAnObject))
         );
     }

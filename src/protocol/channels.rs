@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 
 use crate::connect::Identity;
-use crate::fanout::broadcast::{Broadcast, Sender};
+use crate::fanout::broadcast::Content;
 use crate::fanout::topics::SubscriptionSlot;
 use crate::protocol::encode::write_reply_payload;
 use crate::protocol::message::{ClientMessage, Name, Payload, RawJson};
@@ -65,7 +65,12 @@ pub enum Action {
         slot: SubscriptionSlot,
     },
     /// Publish a broadcast (from a client event) to every subscriber on every shard.
-    Publish(Broadcast),
+    Publish {
+        /// What to publish.
+        content: Content,
+        /// A `broadcast_from`: every subscriber but this client gets it.
+        from_sender: bool,
+    },
     /// Ask the backend whether this join may happen; the answer comes back
     /// through [`ChannelSet::finish_join`].
     AskJoin(HookAsk),
@@ -225,14 +230,13 @@ impl ChannelSet {
             .filter_map(|c| c.slot.map(|slot| (c.topic, slot)))
     }
 
-    /// Handles one client message. `me` identifies this connection for
-    /// `broadcast_from`; `out` receives the actions in execution order.
+    /// Handles one client message; `out` receives the actions in execution
+    /// order.
     pub fn handle(
         &mut self,
         msg: ClientMessage,
         routes: &Routes,
         identity: &Identity,
-        me: Sender,
         out: &mut Vec<Action>,
     ) {
         let topic = match msg.topic.as_str() {
@@ -307,7 +311,7 @@ impl ChannelSet {
                         topic_name: msg.topic.clone(),
                     }));
                 }
-                let response = client_event(policy, topic, event, &msg, me, out);
+                let response = client_event(policy, topic, event, &msg, out);
                 out.push(reply(join_ref, &msg, response));
             }
             None => out.push(reply(channel.join_ref.clone(), &msg, UNHANDLED_EVENT)),
@@ -470,27 +474,24 @@ fn client_event(
     topic: &str,
     event: &str,
     msg: &ClientMessage,
-    me: Sender,
     out: &mut Vec<Action>,
 ) -> &'static [u8] {
-    let exclude = match policy {
+    let from_sender = match policy {
         ClientEventPolicy::Deny | ClientEventPolicy::Webhook => return UNHANDLED_EVENT,
-        ClientEventPolicy::Broadcast => None,
-        ClientEventPolicy::BroadcastFrom => Some(me),
+        ClientEventPolicy::Broadcast => false,
+        ClientEventPolicy::BroadcastFrom => true,
     };
     // Relaying `phx_close` or `presence_diff` would let one client close or
     // corrupt every other client's channel: those names are the server's.
     if is_reserved(event) {
         return RESERVED_EVENT;
     }
-    match Broadcast::new(
-        topic.to_string(),
-        event.to_string(),
-        msg.payload.clone(),
-        exclude,
-    ) {
-        Ok(broadcast) => {
-            out.push(Action::Publish(broadcast));
+    match Content::new(topic.to_string(), event.to_string(), msg.payload.clone()) {
+        Ok(content) => {
+            out.push(Action::Publish {
+                content,
+                from_sender,
+            });
             OK_EMPTY
         }
         Err(_) => br#"{"status":"error","response":{"reason":"payload must be a JSON object"}}"#,

@@ -60,11 +60,6 @@ fn routes() -> Routes {
     ])
 }
 
-const ME: Sender = Sender {
-    shard: 0,
-    connection: 7,
-};
-
 fn r(s: &str) -> RawJson {
     RawJson::from_string(s)
 }
@@ -88,7 +83,7 @@ fn msg(
 /// Runs one message, reporting subscriptions back like the shard does.
 fn run(set: &mut ChannelSet, m: ClientMessage) -> Vec<Action> {
     let mut out = Vec::new();
-    set.handle(m, &routes(), &Identity::default(), ME, &mut out);
+    set.handle(m, &routes(), &Identity::default(), &mut out);
     let mut next_slot = 0;
     for action in &out {
         if let Action::Subscribe { topic } = action {
@@ -125,11 +120,14 @@ fn describe(actions: &[Action]) -> Vec<String> {
             ),
             Action::UpdatePresence(update) => format!("update presence {}", update.topic),
             Action::Unsubscribe { topic, .. } => format!("unsubscribe {topic}"),
-            Action::Publish(b) => format!(
+            Action::Publish {
+                content,
+                from_sender,
+            } => format!(
                 "publish {} {} exclude={}",
-                b.topic(),
-                b.event(),
-                b.exclude().is_some()
+                content.topic(),
+                content.event(),
+                from_sender
             ),
             Action::AskJoin(ask) => format!(
                 "ask join {} {}",

@@ -1,63 +1,32 @@
-//! One client connection and the phase it is in.
+//! The shard's connections: one byte stream each, the phase it is in, its
+//! queued output, and the table that owns them and flushes them.
 //!
-//! A connection starts as plain HTTP (API calls, health checks, or the
-//! WebSocket upgrade request). A successful upgrade replaces the phase with
-//! [`Phase::WebSocket`]; any close — by the client, by a protocol error, by
-//! the server — moves it to [`Phase::Closing`], where output is flushed, the
-//! write side shut, and the socket dropped when the peer hangs up or the
-//! deadline passes. See `docs/architecture.md`, "The life of a connection".
+//! A connection starts as plain HTTP (API calls, health checks, a WebSocket
+//! upgrade or a long-poll request). A successful upgrade replaces the phase
+//! with [`Phase::WebSocket`], which names the channel-layer client the
+//! connection carries; any close — by the client, by a protocol error, by
+//! the server — moves it to [`Phase::Closing`], where output is flushed,
+//! the write side shut, and the stream dropped when the peer hangs up or
+//! the deadline passes. See `docs/architecture.md`, "The life of a client".
 
+use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use slab::Slab;
 
-use crate::connect::Identity;
-use crate::limits::EventLimiter;
-use crate::protocol::channels::ChannelSet;
+use super::outbox::{FlushStats, Flushed, Outbox};
+use crate::fanout::topics::ClientId;
 use crate::protocol::message::Serializer;
-use crate::shard::outbox::Outbox;
 use crate::transport::frame::FrameDecoder;
+use crate::transport::stream::Stream;
 
-/// What the channel layer knows of a client, whatever carries it (a
-/// WebSocket connection or a long-poll session).
-#[derive(Debug)]
-pub struct ClientSession {
-    /// The serializer negotiated by `vsn`.
-    pub serializer: Serializer,
-    /// The Phoenix channels joined on this socket.
-    pub channels: ChannelSet,
-    /// Who the connect policy said this is; `None` for anonymous
-    /// connections, which then carry no identity allocation at all.
-    pub identity: Option<Box<Identity>>,
-    /// The client event rate limit, when configured.
-    pub limiter: Option<EventLimiter>,
-}
+/// A connection's key in its shard's table, which is also its mio token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionKey(pub usize);
 
-impl ClientSession {
-    /// The client's identity (anonymous when the policy gave none).
-    pub fn identity(&self) -> &Identity {
-        self.identity.as_deref().unwrap_or(&ANONYMOUS)
-    }
-}
-
-/// The WebSocket state of an upgraded connection.
-#[derive(Debug)]
-pub struct WebSocketSession {
-    /// Incremental frame parser (reassembles fragments, enforces the size limit).
-    pub decoder: FrameDecoder,
-    /// The channels, identity and limits of the client.
-    pub client: ClientSession,
-}
-
-/// The identity of connections admitted without one.
-pub static ANONYMOUS: Identity = Identity {
-    user_id: None,
-    channels: None,
-    socket_id: None,
-};
-
-/// What finishing a parked upgrade needs.
+/// What finishing a parked connect request needs.
 #[derive(Debug)]
 pub struct PendingUpgrade {
     /// The serializer `vsn` asked for.
@@ -83,28 +52,34 @@ pub enum PendingTransport {
     },
 }
 
+/// The WebSocket state of an upgraded connection.
+#[derive(Debug)]
+pub struct WebSocketPhase {
+    /// Incremental frame parser (reassembles fragments, enforces the size limit).
+    pub decoder: FrameDecoder,
+    /// The channel-layer client this connection carries.
+    pub client: ClientId,
+}
+
 /// Where a connection is in its life.
-// Nearly every connection spends its life as a WebSocket: boxing the session
-// would add an allocation per connection and save nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Phase {
     /// Reading HTTP requests (keep-alive allowed).
     Http,
-    /// A valid upgrade request waits for the backend's connect decision;
-    /// nothing has been answered yet.
+    /// A valid connect request waits for the backend's decision; nothing
+    /// has been answered yet.
     Authorizing(Box<PendingUpgrade>),
     /// Upgraded; speaking Phoenix over WebSocket.
-    WebSocket(WebSocketSession),
+    WebSocket(WebSocketPhase),
     /// An HTTP request held by a long-poll session (a poll waiting for
     /// messages, or a POST waiting for the backend): further input waits.
     Held,
     /// Going away: flush what is queued, shut the write side, wait for the
-    /// peer to hang up, and drop the socket by `deadline` at the latest.
+    /// peer to hang up, and drop the stream by `deadline` at the latest.
     Closing {
-        /// When the socket is dropped whatever the peer does.
+        /// When the stream is dropped whatever the peer does.
         deadline: Instant,
-        /// Whether `shutdown(Write)` was already done.
+        /// Whether the write side was already shut.
         write_shut: bool,
     },
 }
@@ -112,9 +87,9 @@ pub enum Phase {
 /// A connection owned by a shard.
 #[derive(Debug)]
 pub struct Connection {
-    /// The socket, registered with the shard's poll under this connection's key.
-    pub socket: TcpStream,
-    /// The peer's address (for logs and, later, connect policies).
+    /// The byte stream, registered with the shard's poll under this key.
+    pub stream: Stream,
+    /// The peer's address (for logs and connect policies).
     pub peer: SocketAddr,
     /// What the connection is doing.
     pub phase: Phase,
@@ -122,36 +97,36 @@ pub struct Connection {
     /// Empty, with no allocation, whenever the input was consumed whole,
     /// which is the usual case.
     pub pending_input: Vec<u8>,
-    /// Output waiting for the socket.
+    /// Output waiting for the stream.
     pub outbox: Outbox,
     /// When the connection last received anything (the idle timeout's clock).
     pub last_active: Instant,
-    /// Whether the key is already in the shard's flush list this turn.
+    /// Whether the key is already in the flush list this turn.
     pub flush_scheduled: bool,
     /// Unique per shard: tells this connection from a later one that reuses
-    /// its slab key (backend answers arrive late).
+    /// its key (backend answers and held requests arrive late).
     pub serial: u64,
 }
 
 impl Connection {
-    /// A freshly accepted connection.
-    pub fn new(socket: TcpStream, peer: SocketAddr, now: Instant, serial: u64) -> Connection {
+    /// A fresh connection over `stream`.
+    pub fn new(stream: Stream, peer: SocketAddr, now: Instant) -> Connection {
         Connection {
-            socket,
+            stream,
             peer,
             phase: Phase::Http,
             pending_input: Vec::new(),
             outbox: Outbox::default(),
             last_active: now,
             flush_scheduled: false,
-            serial,
+            serial: 0,
         }
     }
 
-    /// The WebSocket session, if upgraded and not closing.
-    pub fn websocket(&mut self) -> Option<&mut WebSocketSession> {
-        match &mut self.phase {
-            Phase::WebSocket(session) => Some(session),
+    /// The client this connection carries, if upgraded and not closing.
+    pub fn client(&self) -> Option<ClientId> {
+        match &self.phase {
+            Phase::WebSocket(ws) => Some(ws.client),
             _ => None,
         }
     }
@@ -162,6 +137,169 @@ impl Connection {
     }
 }
 
+/// Every connection of a shard, and the list of those with output to flush
+/// at the end of the turn.
+#[derive(Debug)]
+pub struct Connections {
+    slab: Slab<Connection>,
+    /// Connections with output queued this turn.
+    flush_list: Vec<ConnectionKey>,
+    /// Serial number of the last connection added.
+    last_serial: u64,
+}
+
+impl Connections {
+    /// An empty table with room for `capacity` connections.
+    pub fn with_capacity(capacity: usize) -> Connections {
+        Connections {
+            slab: Slab::with_capacity(capacity),
+            flush_list: Vec::new(),
+            last_serial: 0,
+        }
+    }
+
+    /// Registers `connection` with the poll and adds it, with a new serial.
+    pub fn insert(
+        &mut self,
+        registry: &Registry,
+        mut connection: Connection,
+    ) -> io::Result<ConnectionKey> {
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        registry.register(
+            &mut connection.stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.last_serial += 1;
+        connection.serial = self.last_serial;
+        connection.flush_scheduled = false;
+        entry.insert(connection);
+        Ok(ConnectionKey(key))
+    }
+
+    /// Deregisters and removes a connection.
+    pub fn remove(&mut self, registry: &Registry, key: ConnectionKey) -> Option<Connection> {
+        let mut connection = self.slab.try_remove(key.0)?;
+        let _ = registry.deregister(&mut connection.stream);
+        Some(connection)
+    }
+
+    /// The connection at `key`.
+    #[inline]
+    pub fn get(&self, key: ConnectionKey) -> Option<&Connection> {
+        self.slab.get(key.0)
+    }
+
+    /// The connection at `key`, mutably.
+    #[inline]
+    pub fn get_mut(&mut self, key: ConnectionKey) -> Option<&mut Connection> {
+        self.slab.get_mut(key.0)
+    }
+
+    /// Number of connections.
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    /// Every connection with its key.
+    pub fn iter(&self) -> impl Iterator<Item = (ConnectionKey, &Connection)> {
+        self.slab.iter().map(|(k, c)| (ConnectionKey(k), c))
+    }
+
+    /// Puts a connection on this turn's flush list (once).
+    #[inline]
+    pub fn schedule_flush(&mut self, key: ConnectionKey) {
+        if let Some(connection) = self.slab.get_mut(key.0) {
+            Self::schedule(&mut self.flush_list, key, connection);
+        }
+    }
+
+    /// [`Connections::schedule_flush`] for a connection already borrowed.
+    #[inline]
+    pub fn schedule(
+        flush_list: &mut Vec<ConnectionKey>,
+        key: ConnectionKey,
+        connection: &mut Connection,
+    ) {
+        if !connection.flush_scheduled {
+            connection.flush_scheduled = true;
+            flush_list.push(key);
+        }
+    }
+
+    /// Queues a broadcast frame on the connection at `key` and schedules its
+    /// flush; returns the connection's unsent bytes after it.
+    #[inline]
+    pub fn queue_shared(
+        &mut self,
+        key: ConnectionKey,
+        frame: &crate::fanout::frame::EncodedFrame,
+    ) -> usize {
+        let Some(connection) = self.slab.get_mut(key.0) else {
+            debug_assert!(false, "a client's connection {key:?} is gone");
+            return 0;
+        };
+        connection.outbox.push_shared(frame.clone());
+        Self::schedule(&mut self.flush_list, key, connection);
+        connection.outbox.queued_bytes()
+    }
+
+    /// Queues bytes made for one connection and schedules its flush; returns
+    /// its unsent bytes after them (0 when the connection is gone).
+    pub fn queue_owned(&mut self, key: ConnectionKey, bytes: &[u8]) -> usize {
+        let Some(connection) = self.slab.get_mut(key.0) else {
+            return 0;
+        };
+        connection.outbox.push_owned(bytes);
+        Self::schedule(&mut self.flush_list, key, connection);
+        connection.outbox.queued_bytes()
+    }
+
+    /// Flushes one connection now; `Err` means it is dead.
+    pub fn flush_one(&mut self, key: ConnectionKey, stats: &mut FlushStats) -> io::Result<Flushed> {
+        let Some(connection) = self.slab.get_mut(key.0) else {
+            return Ok(Flushed::All);
+        };
+        let flushed = connection.outbox.flush(&mut connection.stream, stats)?;
+        if flushed == Flushed::All {
+            if let Phase::Closing { write_shut, .. } = &mut connection.phase {
+                if !*write_shut {
+                    *write_shut = true;
+                    // Half-close: the peer sees EOF after our close frame,
+                    // answers, and hangs up; we then drop it.
+                    connection.stream.shutdown_write();
+                }
+            }
+        }
+        Ok(flushed)
+    }
+
+    /// One vectored flush per listed connection. Connections whose stream
+    /// failed are appended to `dead` for the shard to remove.
+    pub fn flush_all(&mut self, stats: &mut FlushStats, dead: &mut Vec<ConnectionKey>) {
+        let list = std::mem::take(&mut self.flush_list);
+        for &key in &list {
+            if let Some(connection) = self.slab.get_mut(key.0) {
+                connection.flush_scheduled = false;
+            }
+            if self.flush_one(key, stats).is_err() {
+                dead.push(key);
+            }
+        }
+        // Keep the allocation; nothing above schedules flushes.
+        debug_assert!(self.flush_list.is_empty());
+        let mut list = list;
+        list.clear();
+        self.flush_list = list;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// Idle connections are the memory budget (< 1 KiB each, see
@@ -169,6 +307,6 @@ mod tests {
     #[test]
     fn a_connection_stays_small() {
         assert!(std::mem::size_of::<super::Connection>() <= 280);
-        assert!(std::mem::size_of::<super::WebSocketSession>() <= 128);
+        assert!(std::mem::size_of::<super::WebSocketPhase>() <= 128);
     }
 }

@@ -1,21 +1,22 @@
-//! The shard's side of backend hooks: asking (on the worker pool) and
-//! acting on the answer when it comes back through the shard's queue.
+//! The hooks component: asking the backend (on the worker pool) and acting
+//! on the answer when it comes back through the shard's inbox.
 //!
-//! The connection may be gone, or its slab key reused, by the time an answer
-//! arrives: every ask carries the connection's serial number, and answers for
-//! another serial are dropped.
+//! The connection or client may be gone, or its key reused, by the time an
+//! answer arrives: every ask carries the serial number of what asked, and
+//! answers for another serial are dropped.
+
+use std::sync::Arc;
+use std::time::Instant;
 
 use base64::Engine as _;
 use serde_json::Value;
 
-use super::connection::{PendingTransport, Phase};
-use super::inbox::ShardMessage;
-use super::longpoll::is_session;
+use super::connection::{ConnectionKey, PendingTransport, PendingUpgrade, Phase};
 use super::Shard;
 use crate::connect::{ConnectPolicy, Identity};
-use crate::fanout::broadcast::Broadcast;
-use crate::fanout::topics::LONGPOLL_TAG;
-use crate::hooks::{failure_reason, HookOutcome, HookRequest};
+use crate::fanout::broadcast::Content;
+use crate::fanout::topics::ClientId;
+use crate::hooks::{failure_reason, HookFailure, HookOutcome, HookPool, HookRequest};
 use crate::protocol::channels::{hook_reply, Action, HookAsk, HookVerdict};
 use crate::protocol::message::Payload;
 
@@ -30,10 +31,26 @@ pub enum HookKind {
 
 /// A backend answer on its way back to the shard that asked.
 #[derive(Debug)]
-pub struct HookDone {
-    /// The connection's slab key.
-    pub key: usize,
-    /// The connection's serial number (guards against key reuse).
+pub enum HookAnswer {
+    /// The connect decision for a parked connect request.
+    Connect {
+        /// The connection that asked.
+        connection: ConnectionKey,
+        /// Its serial number (guards against key reuse).
+        serial: u64,
+        /// The backend's answer.
+        outcome: HookOutcome,
+    },
+    /// A join or client event decision.
+    Channel(Box<ChannelAnswer>),
+}
+
+/// The backend's answer to a join or client event.
+#[derive(Debug)]
+pub struct ChannelAnswer {
+    /// The client that asked.
+    pub client: ClientId,
+    /// Its serial number (guards against id reuse).
     pub serial: u64,
     /// Join or event.
     pub kind: HookKind,
@@ -43,125 +60,76 @@ pub struct HookDone {
     pub outcome: HookOutcome,
 }
 
-/// The backend's connect decision on its way back.
-#[derive(Debug)]
-pub struct ConnectDone {
-    /// The connection's slab key.
-    pub key: usize,
-    /// The connection's serial number.
-    pub serial: u64,
-    /// The backend's answer.
-    pub outcome: HookOutcome,
+/// Where a worker puts an answer: the asking shard's inbox.
+pub type AnswerSink = Arc<dyn Fn(HookAnswer) + Send + Sync>;
+
+/// The hooks component: the pool asks go to, and the way back.
+pub struct Hooks {
+    pool: Option<HookPool>,
+    answers: AnswerSink,
+}
+
+impl Hooks {
+    /// The component of a shard whose answers go to `answers`.
+    pub fn new(pool: Option<HookPool>, answers: AnswerSink) -> Hooks {
+        Hooks { pool, answers }
+    }
+
+    /// Submits `request`; the answer comes back through the inbox as made
+    /// by `answer`. Without a pool (config validation makes webhook
+    /// policies require one) the answer is an immediate failure.
+    fn submit(
+        &self,
+        request: HookRequest,
+        answer: impl FnOnce(HookOutcome) -> HookAnswer + Send + 'static,
+    ) {
+        let answers = self.answers.clone();
+        match &self.pool {
+            Some(pool) => pool.submit(request, Box::new(move |outcome| answers(answer(outcome)))),
+            None => answers(answer(HookOutcome::Failed(HookFailure::Unreachable(
+                "no webhook.url".into(),
+            )))),
+        }
+    }
 }
 
 impl Shard {
-    /// Asks the backend whether a parked upgrade may proceed.
-    pub(super) fn ask_connect(&mut self, key: usize, body: Vec<u8>) {
-        let Some(serial) = self.connections.get(key).map(|c| c.serial) else {
+    /// Parks a connect request until the backend decides (both transports).
+    pub(super) fn park_for_connect(
+        &mut self,
+        key: ConnectionKey,
+        pending: PendingUpgrade,
+        body: Vec<u8>,
+    ) {
+        let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
-        let Some(pool) = self.hooks.clone() else {
-            return self.refuse_upgrade(key, 503, "backend unavailable");
+        conn.phase = Phase::Authorizing(Box::new(pending));
+        let serial = conn.serial;
+        let request = HookRequest {
+            path: "connect",
+            body,
+            idempotent: true,
         };
-        let inbox = self.peers[self.id].clone();
-        pool.submit(
-            HookRequest {
-                path: "connect",
-                body,
-                idempotent: true,
-            },
-            Box::new(move |outcome| {
-                inbox.send(ShardMessage::ConnectDone(Box::new(ConnectDone {
-                    key,
-                    serial,
-                    outcome,
-                })));
-            }),
-        );
-    }
-
-    /// Finishes or refuses a parked upgrade. 2xx admits (the body may name
-    /// `user_id` and `channels`); 401/403 refuse with 403 and the body's
-    /// `reason`; anything else, or no answer, refuses with 503 so the
-    /// client retries later.
-    pub(super) fn on_connect_done(&mut self, done: ConnectDone) {
-        let Some(conn) = self.connections.get_mut(done.key) else {
-            return;
-        };
-        if conn.serial != done.serial || !matches!(conn.phase, Phase::Authorizing(_)) {
-            return;
-        }
-        let Phase::Authorizing(pending) = std::mem::replace(&mut conn.phase, Phase::Http) else {
-            return;
-        };
-        let ConnectPolicy::Webhook(policy) = &self.config.connect else {
-            return self.refuse_upgrade(done.key, 503, "backend unavailable");
-        };
-        let admitted = match &done.outcome {
-            HookOutcome::Response { status, body } if (200..300).contains(status) => {
-                Ok(policy.identity_from(body))
-            }
-            HookOutcome::Response {
-                status: 401 | 403,
-                body,
-            } => Err((403, refusal_reason(body))),
-            HookOutcome::Response { .. } => Err((503, "backend error".to_string())),
-            HookOutcome::Failed(failure) => Err((503, failure_reason(failure).to_string())),
-        };
-        match (pending.transport, admitted) {
-            (PendingTransport::LongPoll { keep_alive }, admitted) => {
-                self.finish_session_connect(done.key, pending.serializer, keep_alive, admitted)
-            }
-            (
-                PendingTransport::WebSocket {
-                    accept_key,
-                    subprotocol,
-                },
-                Ok(identity),
-            ) => self.complete_upgrade(
-                done.key,
-                pending.serializer,
-                &accept_key,
-                subprotocol.as_deref(),
-                identity,
-            ),
-            (PendingTransport::WebSocket { .. }, Err((status, reason))) => {
-                self.refuse_upgrade(done.key, status, &reason)
-            }
-        }
-    }
-
-    /// Sends `ask` to the backend; the answer comes back as
-    /// [`ShardMessage::HookDone`].
-    pub(super) fn ask_hook(&mut self, key: usize, kind: HookKind, ask: HookAsk) {
-        let Some(serial) = self.client_serial(key) else {
-            return;
-        };
-        let Some(client) = self.client_mut(key) else {
-            return;
-        };
-        let identity = client.identity().clone();
-        if is_session(key) {
-            // A POST line waiting for this answer is held until it comes.
-            if let Some(session) = self.sessions.get_mut(key & !LONGPOLL_TAG) {
-                session.pending_asks += 1;
-            }
-        }
-        let body = hook_body(kind, &ask, &identity);
-        let inbox = self.peers[self.id].clone();
-        let Some(pool) = self.hooks.clone() else {
-            // Config validation makes webhook routes require a pool.
-            let outcome = HookOutcome::Failed(crate::hooks::HookFailure::Unreachable(
-                "no webhook.url".into(),
-            ));
-            return self.on_hook_done(HookDone {
-                key,
+        self.hooks
+            .submit(request, move |outcome| HookAnswer::Connect {
+                connection: key,
                 serial,
-                kind,
-                ask,
                 outcome,
             });
+    }
+
+    /// Sends a join or event `ask` of client `id` to the backend.
+    pub(super) fn ask_hook(&mut self, id: ClientId, kind: HookKind, ask: HookAsk, _now: Instant) {
+        let Some(client) = self.clients.get_mut(id) else {
+            return;
         };
+        let serial = client.serial;
+        let body = hook_body(kind, &ask, client.session.identity());
+        if let Some(session) = client.longpoll() {
+            // A POST line waiting for this answer is held until it comes.
+            session.pending_asks += 1;
+        }
         let request = HookRequest {
             path: match kind {
                 HookKind::Join => "join",
@@ -171,59 +139,130 @@ impl Shard {
             // A join decision can be asked twice; an event may have effects.
             idempotent: kind == HookKind::Join,
         };
-        pool.submit(
-            request,
-            Box::new(move |outcome| {
-                inbox.send(ShardMessage::HookDone(Box::new(HookDone {
-                    key,
-                    serial,
-                    kind,
-                    ask,
-                    outcome,
-                })));
-            }),
-        );
+        self.hooks.submit(request, move |outcome| {
+            HookAnswer::Channel(Box::new(ChannelAnswer {
+                client: id,
+                serial,
+                kind,
+                ask,
+                outcome,
+            }))
+        });
     }
 
-    /// Acts on a backend answer.
-    pub(super) fn on_hook_done(&mut self, done: HookDone) {
-        if self.client_serial(done.key) != Some(done.serial) {
-            return;
+    /// Acts on a backend answer (the hooks component's inbox message).
+    pub(super) fn on_hook_answer(&mut self, answer: HookAnswer, now: Instant) {
+        match answer {
+            HookAnswer::Connect {
+                connection,
+                serial,
+                outcome,
+            } => self.on_connect_answer(connection, serial, &outcome, now),
+            HookAnswer::Channel(answer) => self.on_channel_answer(*answer, now),
         }
-        let session_key = is_session(done.key).then_some(done.key & !LONGPOLL_TAG);
-        if let Some(session) = session_key.and_then(|k| self.sessions.get_mut(k)) {
-            session.pending_asks = session.pending_asks.saturating_sub(1);
-        }
-        let mut actions = std::mem::take(&mut self.actions);
-        let Some(session) = self.client_mut(done.key) else {
-            self.actions = actions;
+    }
+
+    /// Finishes or refuses a parked connect request. 2xx admits (the body
+    /// may name `user_id` and `channels`); 401/403 refuse with 403 and the
+    /// body's `reason`; anything else, or no answer, refuses with 503 so
+    /// the client retries later.
+    fn on_connect_answer(
+        &mut self,
+        key: ConnectionKey,
+        serial: u64,
+        outcome: &HookOutcome,
+        now: Instant,
+    ) {
+        let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
-        let (verdict, broadcast) = verdict_of(done.kind, &done.outcome);
-        match done.kind {
-            HookKind::Join => session
-                .channels
-                .finish_join(&done.ask, &verdict, &mut actions),
+        if conn.serial != serial || !matches!(conn.phase, Phase::Authorizing(_)) {
+            return;
+        }
+        let Phase::Authorizing(pending) = std::mem::replace(&mut conn.phase, Phase::Http) else {
+            return;
+        };
+        let admitted = match (&self.config.connect, outcome) {
+            (ConnectPolicy::Webhook(policy), HookOutcome::Response { status, body })
+                if (200..300).contains(status) =>
+            {
+                Ok(policy.identity_from(body))
+            }
+            (
+                _,
+                HookOutcome::Response {
+                    status: 401 | 403,
+                    body,
+                },
+            ) => Err((403, refusal_reason(body))),
+            (_, HookOutcome::Failed(failure)) => Err((503, failure_reason(failure).to_string())),
+            _ => Err((503, "backend error".to_string())),
+        };
+        match (pending.transport, admitted) {
+            (PendingTransport::LongPoll { keep_alive }, admitted) => {
+                self.finish_session_connect(key, pending.serializer, keep_alive, admitted, now)
+            }
+            (
+                PendingTransport::WebSocket {
+                    accept_key,
+                    subprotocol,
+                },
+                Ok(identity),
+            ) => self.complete_upgrade(
+                key,
+                pending.serializer,
+                &accept_key,
+                subprotocol.as_deref(),
+                identity,
+                now,
+            ),
+            (PendingTransport::WebSocket { .. }, Err((status, reason))) => {
+                self.refuse_upgrade(key, status, &reason, now)
+            }
+        }
+    }
+
+    /// Answers a join or event: the verdict goes through the client's
+    /// channels (a join the client gave up meanwhile is dropped there).
+    fn on_channel_answer(&mut self, answer: ChannelAnswer, now: Instant) {
+        let Some(client) = self.clients.get_current(answer.client, answer.serial) else {
+            return;
+        };
+        let mut resume_post = false;
+        if let Some(session) = client.longpoll() {
+            session.pending_asks = session.pending_asks.saturating_sub(1);
+            resume_post = true;
+        }
+        let mut actions = std::mem::take(&mut self.scratch.actions);
+        let (verdict, broadcast) = verdict_of(answer.kind, &answer.outcome);
+        match answer.kind {
+            HookKind::Join => {
+                client
+                    .session
+                    .channels
+                    .finish_join(&answer.ask, &verdict, &mut actions)
+            }
             HookKind::Event => {
                 if let Some((event, payload)) = broadcast {
-                    let event = event.unwrap_or_else(|| done.ask.event.clone());
-                    match Broadcast::new(done.ask.topic.clone(), event, payload, None) {
-                        Ok(broadcast) => actions.push(Action::Publish(broadcast)),
+                    let event = event.unwrap_or_else(|| answer.ask.event.clone());
+                    match Content::new(answer.ask.topic.clone(), event, payload) {
+                        Ok(content) => actions.push(Action::Publish {
+                            content,
+                            from_sender: false,
+                        }),
                         Err(error) => {
                             tracing::warn!(%error, "webhook asked for an invalid broadcast")
                         }
                     }
                 }
-                actions.push(Action::Send(hook_reply(&done.ask, &verdict)));
+                actions.push(Action::Send(hook_reply(&answer.ask, &verdict)));
             }
         }
-        for action in actions.drain(..) {
-            self.apply(done.key, action);
-        }
-        self.actions = actions;
-        if let Some(skey) = session_key {
+        self.apply_all(answer.client, &mut actions, now);
+        self.scratch.actions = actions;
+        if resume_post {
             // The POST line that asked is done: go on with the next ones.
-            self.continue_post(skey);
+            self.continue_post(answer.client, now);
         }
     }
 }

@@ -6,34 +6,37 @@
 //! costs one wake. The target clears the flag *before* draining the queue, so
 //! a message sent during the drain either is seen by that drain or sets the
 //! flag again and wakes the shard once more: nothing is ever left waiting.
+//!
+//! Each message belongs to one feature and is defined next to it; this file
+//! only gathers them. Features never send through the inbox themselves: the
+//! loop routes what they return (and the hook workers call a closure).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
 use super::handover::HandOver;
-use super::hooks::{ConnectDone, HookDone};
-use super::presence::PresenceSync;
+use super::hooks::HookAnswer;
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::Broadcast;
+use crate::fanout::deliver::ShardLink;
+use crate::presence::PresenceSync;
 
-/// A message from one shard (or the server handle) to a shard.
+/// A message to a shard.
 #[derive(Debug)]
 pub enum ShardMessage {
-    /// Deliver a broadcast published elsewhere to local subscribers.
+    /// Fan-out: deliver a broadcast published elsewhere to local subscribers.
     Broadcast(Arc<Broadcast>),
-    /// Close every local connection this forced disconnect targets (1001).
+    /// Fan-out: close every local client this forced disconnect targets.
     Disconnect(Arc<DisconnectTarget>),
-    /// A backend hook answered (sent by a webhook worker).
-    HookDone(Box<HookDone>),
-    /// The backend's connect decision for a parked upgrade.
-    ConnectDone(Box<ConnectDone>),
-    /// A long-poll request for a session this shard owns, with its
+    /// Hooks: the backend answered (sent by a webhook worker).
+    Hook(HookAnswer),
+    /// Long-poll: a request for a session this shard owns, with its
     /// connection (moved from the shard that accepted it).
     HandOver(Box<HandOver>),
-    /// Another shard's presence changes of one turn, for one topic.
+    /// Presence: another shard's changes of one turn, for one topic.
     Presence(Arc<PresenceSync>),
-    /// Stop accepting, close every WebSocket with 1012, flush, exit.
+    /// Stop accepting, close every client, flush, exit.
     Shutdown,
 }
 
@@ -81,6 +84,12 @@ impl ShardInbox {
             return self.waker.wake().is_ok();
         }
         true
+    }
+}
+
+impl ShardLink for ShardInbox {
+    fn send_broadcast(&self, broadcast: Arc<Broadcast>) {
+        self.send(ShardMessage::Broadcast(broadcast));
     }
 }
 

@@ -1,37 +1,33 @@
-//! The long-poll half of a shard (spec §9): sessions, the requests that
-//! carry them, and handing a request to the shard that owns its session.
+//! The long-poll component: sessions' HTTP requests, the polls answered at
+//! the end of a turn, and the session timers.
 //!
-//! A session is a client of the channel layer like a WebSocket connection:
-//! its key in the channel layer is its slab key tagged with
-//! [`LONGPOLL_TAG`], so joins, replies, fan-out and hooks reach it through
-//! the same code. What differs is the output: messages are buffered on the
-//! session and leave in the answer to the next poll.
+//! A session is a client like a WebSocket connection (same channels,
+//! identity, limits, fan-out and hooks); its sink is a
+//! [`LongPollSession`](crate::longpoll::session::LongPollSession), whose
+//! state machine lives in `longpoll/session.rs`. This file is its I/O:
+//! requests arrive on connections, held requests are answered on them.
 //!
 //! Requests of one session may arrive on any shard (`SO_REUSEPORT`); the
 //! token names the owner, and a shard that is not the owner hands the
 //! connection over (`handover.rs`).
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
-use slab::Slab;
-
-use super::connection::{ClientSession, Connection, Phase};
+use super::clients::Sink;
+use super::connection::{ConnectionKey, PendingTransport, PendingUpgrade, Phase};
 use super::http::Handled;
 use super::Shard;
-use crate::connect::{ConnectDecision, ConnectRequest, Identity};
-use crate::fanout::topics::LONGPOLL_TAG;
-use crate::limits::EventLimiter;
-use crate::longpoll::session::{HeldRequest, MessageBuffer};
+use crate::admission::{admit, Admission, AdmissionRequest};
+use crate::connect::Identity;
+use crate::fanout::topics::ClientId;
+use crate::longpoll::session::{HeldRequest, LongPollSession};
 use crate::longpoll::token::{SessionAddress, TokenSigner};
 use crate::longpoll::wire::{self, PostedFrame};
 use crate::metrics::ShardMetrics;
-use crate::protocol::channels::ChannelSet;
 use crate::protocol::decode::{decode_binary, decode_text};
 use crate::protocol::message::Serializer;
-use crate::protocol::vsn::negotiate;
 use crate::transport::http::{write_json_error, Request};
-use crate::transport::query::{is_plain_string, last_value, parse_pairs};
+use crate::transport::query::{last_value, parse_pairs};
 
 /// The header that carries the session token (Phoenix ≥ 1.8.10; wins over
 /// the query parameter).
@@ -39,55 +35,34 @@ const TOKEN_HEADER: &str = "x-phoenix-longpoll-token";
 /// The header that carries the application's auth token on long-poll.
 const AUTH_TOKEN_HEADER: &str = "x-phoenix-authtoken";
 
-/// Whether a channel-layer key names a long-poll session.
-#[inline]
-pub fn is_session(key: usize) -> bool {
-    key & LONGPOLL_TAG != 0
-}
-
-/// The channel-layer client behind `key`: a WebSocket connection's session,
-/// or (tagged key) a long-poll session.
-pub fn client_of<'a>(
-    connections: &'a mut Slab<Connection>,
-    sessions: &'a mut Slab<LongPollSession>,
-    key: usize,
-) -> Option<&'a mut ClientSession> {
-    if is_session(key) {
-        sessions.get_mut(key & !LONGPOLL_TAG).map(|s| &mut s.client)
-    } else {
-        connections
-            .get_mut(key)
-            .and_then(|c| c.websocket())
-            .map(|ws| &mut ws.client)
-    }
-}
-
-/// A long-poll session owned by this shard.
+/// The long-poll component's state.
 #[derive(Debug)]
-pub struct LongPollSession {
-    /// Its channels, identity and limits.
-    pub client: ClientSession,
-    /// Unique per shard: in the token, and in backend asks.
-    pub serial: u64,
-    /// The token naming this session.
-    pub token: Box<str>,
-    /// Messages waiting for the next poll.
-    pub buffer: MessageBuffer,
-    /// A poll waiting for messages.
-    pub poll: Option<HeldRequest>,
-    /// A POST whose lines wait for a backend answer, with the lines left.
-    pub post: Option<(HeldRequest, VecDeque<PostedFrame>)>,
-    /// Backend asks (hooked joins and events) not yet answered.
-    pub pending_asks: u32,
-    /// When the last poll arrived (the session ends 1.5 windows later).
-    pub last_poll: Instant,
-    /// Whether the session is on the shard's list of polls to answer.
-    pub ready: bool,
+pub struct LongPoll {
+    /// Signs and verifies session tokens.
+    signer: TokenSigner,
+    /// Sessions with a held poll that got messages this turn: answered at
+    /// the end of the turn, so one answer carries the whole turn.
+    pub(super) ready: Vec<ClientId>,
+}
+
+impl LongPoll {
+    /// The component, signing with `signer`.
+    pub fn new(signer: TokenSigner) -> LongPoll {
+        LongPoll {
+            signer,
+            ready: Vec::new(),
+        }
+    }
 }
 
 impl Shard {
     /// Handles a request to `{socket.path}/longpoll`.
-    pub(super) fn longpoll_request(&mut self, key: usize, request: Request) -> Handled {
+    pub(super) fn longpoll_request(
+        &mut self,
+        key: ConnectionKey,
+        request: Request,
+        now: Instant,
+    ) -> Handled {
         let keep_alive = request.keep_alive && self.stop_deadline.is_none();
         let mut out = Vec::new();
         let handled = Handled::answered(keep_alive);
@@ -105,6 +80,8 @@ impl Shard {
                 return Handled::Close;
             }
         }
+        // Every request, not only the one opening a session: a page of
+        // another origin must not drive someone's session either.
         if !self
             .config
             .origin
@@ -116,12 +93,14 @@ impl Shard {
         }
         let mut params = parse_pairs(&request.query);
         // The header wins; otherwise the *last* `token` parameter, since
-        // apps often pass their own `token` in the socket params (§9.2).
+        // apps often pass their own `token` in the socket params.
         let from_header = request.header(TOKEN_HEADER).map(str::to_string);
         let token = from_header
             .clone()
             .or_else(|| last_value(&params, "token").map(str::to_string));
-        let address = token.as_deref().and_then(|t| self.signer.verify(t));
+        let address = token
+            .as_deref()
+            .and_then(|t| self.longpoll.signer.verify(t));
         if let Some(address) = address {
             let owner = usize::from(address.shard);
             if owner != self.id && owner < self.peers.len() {
@@ -130,8 +109,8 @@ impl Shard {
         }
         let session = address.and_then(|a| self.live_session(a));
         match (request.method.as_str(), session) {
-            ("GET", Some(skey)) => self.poll(key, skey, keep_alive),
-            ("POST", Some(skey)) => self.post(key, skey, &request, keep_alive),
+            ("GET", Some(id)) => self.poll(key, id, keep_alive, now),
+            ("POST", Some(id)) => self.post(key, id, &request, keep_alive, now),
             ("POST", None) => {
                 wire::write_status(&mut out, 410, keep_alive);
                 self.send_bytes(key, &out);
@@ -149,204 +128,205 @@ impl Shard {
                         params.remove(stale);
                     }
                 }
-                self.open_session(key, &request, &params, keep_alive)
+                self.open_session(key, &request, &params, keep_alive, now)
             }
         }
     }
 
     /// The session an address names, if it is alive on this shard.
-    fn live_session(&self, address: SessionAddress) -> Option<usize> {
-        let key = address.key as usize;
-        let session = self.sessions.get(key)?;
-        (session.serial == address.serial).then_some(key)
+    fn live_session(&mut self, address: SessionAddress) -> Option<ClientId> {
+        let id = ClientId(address.key as usize);
+        let client = self.clients.get_current(id, address.serial)?;
+        client.longpoll().map(|_| id)
     }
 
-    /// A GET without a valid session: the connect policy decides, as for a
+    /// A GET without a valid session: admission decides, as for a
     /// WebSocket upgrade; admitted → `410` with a new token.
     fn open_session(
         &mut self,
-        key: usize,
+        key: ConnectionKey,
         request: &Request,
         params: &[(String, String)],
         keep_alive: bool,
+        now: Instant,
     ) -> Handled {
-        let mut out = Vec::new();
-        let handled = Handled::answered(keep_alive);
-        if self.stop_deadline.is_some() {
-            write_json_error(&mut out, 503, "server shutting down", false);
-            self.send_bytes(key, &out);
-            return Handled::Close;
-        }
-        if self.connections.len() + self.sessions.len()
-            > self.config.server.max_connections_per_shard
-        {
-            ShardMetrics::add(&self.metrics[self.id].refused, 1);
-            write_json_error(&mut out, 503, "server full", false);
-            self.send_bytes(key, &out);
-            return Handled::Close;
-        }
-        let serializer = if is_plain_string(params, "vsn") {
-            negotiate(last_value(params, "vsn")).ok()
-        } else {
-            None
-        };
-        let Some(serializer) = serializer else {
-            wire::write_status_reason(&mut out, 403, "unsupported vsn", keep_alive);
-            self.send_bytes(key, &out);
-            return handled;
-        };
         let Some(peer) = self.connections.get(key).map(|c| c.peer) else {
             return Handled::Close;
         };
-        let connect = ConnectRequest {
-            params,
-            auth_token: request.header(AUTH_TOKEN_HEADER),
-            peer,
-        };
-        match self.config.connect.decide(&connect, &request.headers) {
-            ConnectDecision::Accept(identity) => {
-                let token = self.create_session(serializer, identity);
+        let admission = admit(
+            &self.config,
+            self.shard_state(),
+            &AdmissionRequest {
+                params,
+                auth_token: request.header(AUTH_TOKEN_HEADER),
+                peer,
+                headers: &request.headers,
+            },
+        );
+        let mut out = Vec::new();
+        match admission {
+            Admission::Accept {
+                serializer,
+                identity,
+            } => {
+                let token = self.create_session(serializer, identity, now);
                 wire::write_poll(&mut out, 410, &token, std::iter::empty(), keep_alive);
-                self.send_bytes(key, &out);
-                handled
             }
-            ConnectDecision::Refuse { reason, .. } => {
-                wire::write_status_reason(&mut out, 403, &reason, keep_alive);
-                self.send_bytes(key, &out);
-                handled
-            }
-            ConnectDecision::Ask(body) => {
-                let pending = super::connection::PendingUpgrade {
+            Admission::Ask { serializer, body } => {
+                let pending = PendingUpgrade {
                     serializer,
-                    transport: super::connection::PendingTransport::LongPoll { keep_alive },
+                    transport: PendingTransport::LongPoll { keep_alive },
                 };
-                if let Some(conn) = self.connections.get_mut(key) {
-                    conn.phase = Phase::Authorizing(Box::new(pending));
+                self.park_for_connect(key, pending, body);
+                return Handled::Parked;
+            }
+            Admission::Refuse(refusal) if refusal.status == 403 => {
+                wire::write_status_reason(&mut out, 403, &refusal.reason, keep_alive);
+            }
+            Admission::Refuse(refusal) => {
+                if refusal.status == 503 && refusal.reason == "server full" {
+                    ShardMetrics::add(&self.metrics().refused, 1);
                 }
-                self.ask_connect(key, body);
-                Handled::Parked
+                write_json_error(&mut out, refusal.status, &refusal.reason, false);
+                self.send_bytes(key, &out);
+                return Handled::Close;
             }
         }
+        self.send_bytes(key, &out);
+        Handled::answered(keep_alive)
     }
 
     /// Creates a session on this shard; returns its token.
-    pub(super) fn create_session(&mut self, serializer: Serializer, identity: Identity) -> String {
-        self.next_serial += 1;
-        let serial = self.next_serial;
-        let limiter = self
-            .event_limit
-            .map(|limit| EventLimiter::new(limit, self.clock_ms()));
-        let entry = self.sessions.vacant_entry();
-        let address = SessionAddress {
+    fn create_session(
+        &mut self,
+        serializer: Serializer,
+        identity: Identity,
+        now: Instant,
+    ) -> String {
+        let (id, serial) = self.clients.next_id();
+        let token = self.longpoll.signer.sign(SessionAddress {
             shard: self.id as u16,
-            key: entry.key() as u32,
+            key: id.0 as u32,
             serial,
-        };
-        let token = self.signer.sign(address);
-        entry.insert(LongPollSession {
-            client: ClientSession {
-                serializer,
-                channels: ChannelSet::new(self.config.socket.max_channels),
-                identity: (identity != Identity::default()).then(|| Box::new(identity)),
-                limiter,
-            },
-            serial,
-            token: token.clone().into_boxed_str(),
-            buffer: MessageBuffer::default(),
-            poll: None,
-            post: None,
-            pending_asks: 0,
-            last_poll: self.now,
-            ready: false,
         });
-        ShardMetrics::add(&self.metrics[self.id].longpoll_sessions, 1);
+        let session = self.new_client_session(serializer, identity, now);
+        let sink = Sink::LongPoll(Box::new(LongPollSession::new(token.clone(), now)));
+        let inserted = self.clients.insert(session, sink);
+        debug_assert_eq!(inserted, (id, serial), "the token names the session");
+        ShardMetrics::add(&self.metrics().longpoll_sessions, 1);
         token
     }
 
-    /// A poll: answer at once if messages wait, else hold the request until
-    /// one arrives or the window ends.
-    fn poll(&mut self, key: usize, skey: usize, keep_alive: bool) -> Handled {
-        let Some(serial) = self.connections.get(key).map(|c| c.serial) else {
+    /// Answers a long-poll GET whose session waited for the backend's
+    /// connect decision: `410` + token when admitted, `403` when refused.
+    pub(super) fn finish_session_connect(
+        &mut self,
+        key: ConnectionKey,
+        serializer: Serializer,
+        keep_alive: bool,
+        admitted: Result<Identity, (u16, String)>,
+        now: Instant,
+    ) {
+        let keep_alive = keep_alive && self.stop_deadline.is_none();
+        let mut out = Vec::new();
+        match admitted {
+            Ok(identity) => {
+                let token = self.create_session(serializer, identity, now);
+                wire::write_poll(&mut out, 410, &token, std::iter::empty(), keep_alive);
+            }
+            Err((403, reason)) => wire::write_status_reason(&mut out, 403, &reason, keep_alive),
+            Err((status, reason)) => write_json_error(&mut out, status, &reason, keep_alive),
+        }
+        self.send_bytes(key, &out);
+        if keep_alive {
+            self.process_input(key, &mut [], now);
+        } else {
+            self.start_closing(key, now);
+        }
+    }
+
+    /// A poll: answered at once if messages wait, else held until one
+    /// arrives or the window ends.
+    fn poll(
+        &mut self,
+        key: ConnectionKey,
+        id: ClientId,
+        keep_alive: bool,
+        now: Instant,
+    ) -> Handled {
+        let Some(held) = self.hold(key, keep_alive, now) else {
             return Handled::Close;
         };
-        let deadline = self.now + self.config.socket.longpoll.window();
-        let Some(session) = self.sessions.get_mut(skey) else {
+        let Some(session) = self.clients.get_mut(id).and_then(|c| c.longpoll()) else {
             return Handled::Close;
         };
-        session.last_poll = self.now;
-        // A newer poll replaces a held one, which is answered now.
-        let previous = session.poll.replace(HeldRequest {
-            connection: key,
-            serial,
-            deadline,
-            keep_alive,
-        });
-        if let Some(previous) = previous {
-            self.answer_held_poll(skey, previous, 204);
+        let replaced = session.hold_poll(held, now);
+        let answer_now = session.has_messages();
+        if let Some(previous) = replaced {
+            // A newer poll replaces a held one, which is answered now.
+            self.answer_held_poll(id, previous, 204, now);
         }
-        if let Some(conn) = self.connections.get_mut(key) {
-            conn.phase = Phase::Held;
-        }
-        let has_messages = self
-            .sessions
-            .get(skey)
-            .is_some_and(|s| !s.buffer.is_empty());
-        if has_messages {
-            self.answer_poll(skey, 200);
+        if answer_now {
+            self.answer_poll(id, now);
         }
         Handled::Held
     }
 
+    /// Puts the connection's request on hold; the hold's description.
+    fn hold(&mut self, key: ConnectionKey, keep_alive: bool, now: Instant) -> Option<HeldRequest> {
+        let window = self.config.socket.longpoll.window();
+        let conn = self.connections.get_mut(key)?;
+        conn.phase = Phase::Held;
+        Some(HeldRequest {
+            connection: key,
+            serial: conn.serial,
+            deadline: now + window,
+            keep_alive,
+        })
+    }
+
     /// A POST: each line is dispatched in order. A line that waits for the
     /// backend holds the POST until it is answered (or `408`).
-    fn post(&mut self, key: usize, skey: usize, request: &Request, keep_alive: bool) -> Handled {
-        let Some(serial) = self.connections.get(key).map(|c| c.serial) else {
+    fn post(
+        &mut self,
+        key: ConnectionKey,
+        id: ClientId,
+        request: &Request,
+        keep_alive: bool,
+        now: Instant,
+    ) -> Handled {
+        let lines = wire::split_post(request.header("content-type"), &request.body);
+        let Some(held) = self.hold(key, keep_alive, now) else {
             return Handled::Close;
         };
-        let frames = wire::split_post(request.header("content-type"), &request.body);
-        let held = HeldRequest {
-            connection: key,
-            serial,
-            deadline: self.now + self.config.socket.longpoll.window(),
-            keep_alive,
-        };
-        let Some(session) = self.sessions.get_mut(skey) else {
+        let Some(session) = self.clients.get_mut(id).and_then(|c| c.longpoll()) else {
             return Handled::Close;
         };
-        // The JS client never overlaps POSTs; if another client does, the
-        // older one is given up like a timed-out one.
-        if let Some((older, _)) = session.post.replace((held, frames.into())) {
-            self.answer_post(older, 408);
+        if let Some(older) = session.hold_post(held, lines) {
+            self.answer_post(older, 408, now);
         }
-        if let Some(conn) = self.connections.get_mut(key) {
-            conn.phase = Phase::Held;
-        }
-        self.continue_post(skey);
+        self.continue_post(id, now);
         Handled::Held
     }
 
     /// Dispatches the held POST's lines until one waits for the backend;
     /// answers the POST when none are left.
-    pub(super) fn continue_post(&mut self, skey: usize) {
+    pub(super) fn continue_post(&mut self, id: ClientId, now: Instant) {
         loop {
-            let Some(session) = self.sessions.get_mut(skey) else {
+            let Some(client) = self.clients.get_mut(id) else {
                 return;
             };
-            if session.pending_asks > 0 {
-                return; // resumed when the backend answers
-            }
-            let serializer = session.client.serializer;
-            let Some((held, lines)) = session.post.as_mut() else {
+            let serializer = client.session.serializer;
+            let Some(next) = client.longpoll().and_then(LongPollSession::next_line) else {
                 return;
             };
-            let held = *held;
-            let Some(frame) = lines.pop_front() else {
-                session.post = None;
-                return self.answer_post(held, 200);
+            let (held, line) = match next {
+                Ok(line) => line,
+                Err(held) => return self.answer_post(held, 200, now),
             };
-            ShardMetrics::add(&self.metrics[self.id].client_messages, 1);
+            ShardMetrics::add(&self.metrics().client_messages, 1);
             let max = self.config.socket.max_message_size;
-            let decoded = match frame {
+            let decoded = match line {
                 PostedFrame::Text(text) | PostedFrame::Binary(text) if text.len() > max => {
                     Err("message too big")
                 }
@@ -358,81 +338,102 @@ impl Shard {
                 }
                 PostedFrame::Binary(_) | PostedFrame::Malformed => Err("malformed message"),
             };
-            let message = match decoded {
-                Ok(message) => message,
+            match decoded {
+                Ok(message) => self.on_message(id, message, now),
                 Err(reason) => {
                     // As a WebSocket closes (1011, or 1009 when too big), the
                     // session ends; the client reconnects.
-                    ShardMetrics::add(&self.metrics[self.id].protocol_closes, 1);
-                    if let Some(session) = self.sessions.get_mut(skey) {
+                    ShardMetrics::add(&self.metrics().protocol_closes, 1);
+                    if let Some(session) = self.clients.get_mut(id).and_then(|c| c.longpoll()) {
                         session.post = None;
                     }
-                    self.answer_held(held, |out, keep_alive| {
+                    self.answer_held(held, now, |out, keep_alive| {
                         wire::write_status_reason(out, 410, reason, keep_alive)
                     });
-                    return self.end_session(skey | LONGPOLL_TAG, reason);
-                }
-            };
-            self.on_message(skey | LONGPOLL_TAG, message);
-        }
-    }
-
-    /// Buffers a message made for one session (a reply or push).
-    pub(super) fn buffer_for_session(&mut self, key: usize, text: Vec<u8>) {
-        let skey = key & !LONGPOLL_TAG;
-        let limit = self.config.socket.send_buffer_limit;
-        let Some(session) = self.sessions.get_mut(skey) else {
-            return;
-        };
-        session.buffer.push_owned(text);
-        let over = session.buffer.bytes() > limit;
-        if session.poll.is_some() && !session.ready {
-            session.ready = true;
-            self.ready_sessions.push(skey);
-        }
-        if over {
-            self.end_slow_session(key);
-        }
-    }
-
-    /// Answers the polls of sessions that received messages this turn: one
-    /// answer carries everything buffered by the end of the turn.
-    pub(super) fn answer_ready_polls(&mut self) {
-        let ready = std::mem::take(&mut self.ready_sessions);
-        for &skey in &ready {
-            if let Some(session) = self.sessions.get_mut(skey) {
-                session.ready = false;
-                if session.poll.is_some() && !session.buffer.is_empty() {
-                    self.answer_poll(skey, 200);
+                    return self.end_session(id, reason, now);
                 }
             }
         }
-        let mut ready = ready;
-        ready.clear();
-        self.ready_sessions = ready;
     }
 
-    /// Answers the held poll: `200` with every buffered message, or a
-    /// status (`204`, `410`) with none.
-    pub(super) fn answer_poll(&mut self, skey: usize, status: u16) {
-        let Some(held) = self.sessions.get_mut(skey).and_then(|s| s.poll.take()) else {
+    /// End of turn: the polls of sessions that got messages this turn are
+    /// answered, each with everything buffered by now.
+    pub(super) fn longpoll_end_of_turn(&mut self, now: Instant) {
+        if self.longpoll.ready.is_empty() {
+            return;
+        }
+        let mut ready = std::mem::take(&mut self.longpoll.ready);
+        for id in ready.drain(..) {
+            self.answer_poll(id, now);
+        }
+        self.longpoll.ready = ready;
+    }
+
+    /// Timers: polls past their window get `204`, POSTs past it `408`, and
+    /// sessions nobody polled for 1.5 windows end.
+    pub(super) fn longpoll_tick(&mut self, now: Instant) {
+        let timeout = self.config.socket.longpoll.session_timeout();
+        let due: Vec<_> = self
+            .clients
+            .iter()
+            .filter_map(|(id, client)| match &client.sink {
+                Sink::LongPoll(session) => Some((id, session.due(now, timeout))),
+                Sink::WebSocket(_) => None,
+            })
+            .filter(|(_, due)| due.poll || due.post || due.expired)
+            .collect();
+        for (id, due) in due {
+            if due.poll {
+                if let Some(held) = self
+                    .clients
+                    .get_mut(id)
+                    .and_then(|c| c.longpoll())
+                    .and_then(|s| s.take_poll(now))
+                {
+                    self.answer_held_poll(id, held, 204, now);
+                }
+            }
+            if due.post {
+                if let Some((held, _)) = self
+                    .clients
+                    .get_mut(id)
+                    .and_then(|c| c.longpoll())
+                    .and_then(|s| s.post.take())
+                {
+                    self.answer_post(held, 408, now);
+                }
+            }
+            if due.expired {
+                self.end_session(id, "session expired", now);
+            }
+        }
+    }
+
+    /// Answers the held poll if messages wait: `200` with all of them.
+    fn answer_poll(&mut self, id: ClientId, now: Instant) {
+        let Some(session) = self.clients.get_mut(id).and_then(|c| c.longpoll()) else {
             return;
         };
-        self.answer_held_poll(skey, held, status);
+        if !session.has_messages() {
+            session.ready = false;
+            return;
+        }
+        if let Some(held) = session.take_poll(now) {
+            self.answer_held_poll(id, held, 200, now);
+        }
     }
 
-    fn answer_held_poll(&mut self, skey: usize, held: HeldRequest, status: u16) {
+    /// Answers a poll: `200` with every buffered message, or a status
+    /// (`204`, `410`) with none.
+    fn answer_held_poll(&mut self, id: ClientId, held: HeldRequest, status: u16, now: Instant) {
         if !self.is_held(held) {
             // The client went away: the messages wait for its next poll.
             return;
         }
         let keep_alive = held.keep_alive && self.stop_deadline.is_none();
-        let Some(session) = self.sessions.get_mut(skey) else {
+        let Some(session) = self.clients.get_mut(id).and_then(|c| c.longpoll()) else {
             return;
         };
-        // The session is alive as long as polls are held or arrive: the
-        // expiry counts from the end of the last one.
-        session.last_poll = self.now;
         let mut out = Vec::new();
         if status == 200 {
             wire::write_poll(
@@ -452,26 +453,31 @@ impl Shard {
                 keep_alive,
             );
         }
-        self.release_held(held, &out, keep_alive);
+        self.release_held(held, &out, keep_alive, now);
     }
 
     /// Answers a held POST with `{"status": status}`.
-    pub(super) fn answer_post(&mut self, held: HeldRequest, status: u16) {
-        self.answer_held(held, |out, keep_alive| {
+    fn answer_post(&mut self, held: HeldRequest, status: u16, now: Instant) {
+        self.answer_held(held, now, |out, keep_alive| {
             wire::write_status(out, status, keep_alive)
         });
     }
 
     /// Answers a held request whose connection is still there with what
     /// `write` makes (given whether the connection stays open).
-    fn answer_held(&mut self, held: HeldRequest, write: impl FnOnce(&mut Vec<u8>, bool)) {
+    fn answer_held(
+        &mut self,
+        held: HeldRequest,
+        now: Instant,
+        write: impl FnOnce(&mut Vec<u8>, bool),
+    ) {
         if !self.is_held(held) {
             return;
         }
         let keep_alive = held.keep_alive && self.stop_deadline.is_none();
         let mut out = Vec::new();
         write(&mut out, keep_alive);
-        self.release_held(held, &out, keep_alive);
+        self.release_held(held, &out, keep_alive, now);
     }
 
     /// Whether the held request's connection is still there, holding it.
@@ -483,114 +489,47 @@ impl Shard {
 
     /// Sends the answer of a held request and lets its connection read the
     /// next request (or close).
-    fn release_held(&mut self, held: HeldRequest, answer: &[u8], keep_alive: bool) {
+    fn release_held(&mut self, held: HeldRequest, answer: &[u8], keep_alive: bool, now: Instant) {
         if let Some(conn) = self.connections.get_mut(held.connection) {
             conn.phase = Phase::Http;
             // The keep-alive idle clock starts when the answer leaves.
-            conn.last_active = self.now;
+            conn.last_active = now;
         }
         self.send_bytes(held.connection, answer);
         if keep_alive {
             // A request pipelined behind the held one is handled now.
-            self.process_input(held.connection, &mut []);
+            self.process_input(held.connection, &mut [], now);
         } else {
-            self.start_closing(held.connection);
+            self.start_closing(held.connection, now);
         }
     }
 
     /// Ends a session: its channels end (presence leaves), a held poll gets
     /// `410` (the client reconnects with a new session), a held POST too.
-    pub(super) fn end_session(&mut self, key: usize, reason: &str) {
-        let skey = key & !LONGPOLL_TAG;
-        if !self.sessions.contains(skey) {
+    pub(super) fn end_session(&mut self, id: ClientId, reason: &str, now: Instant) {
+        if self
+            .clients
+            .get_mut(id)
+            .and_then(|c| c.longpoll())
+            .is_none()
+        {
             return;
         }
-        let mut session = self.sessions.remove(skey);
+        let Some(client) = self.drop_client(id) else {
+            return;
+        };
+        let Sink::LongPoll(mut session) = client.sink else {
+            return;
+        };
         tracing::debug!(shard = self.id, reason, "long-poll session ended");
-        self.drop_client_subscriptions(key, &mut session.client);
-        ShardMetrics::sub(&self.metrics[self.id].longpoll_sessions, 1);
+        ShardMetrics::sub(&self.metrics().longpoll_sessions, 1);
         if let Some(held) = session.poll.take() {
-            self.answer_held(held, |out, keep_alive| {
+            self.answer_held(held, now, |out, keep_alive| {
                 wire::write_status_reason(out, 410, reason, keep_alive)
             });
         }
         if let Some((held, _)) = session.post.take() {
-            self.answer_post(held, 410);
-        }
-    }
-
-    /// A session whose buffer outgrew `socket.send_buffer_limit`: its
-    /// client does not poll fast enough. Ended like a slow WebSocket.
-    pub(super) fn end_slow_session(&mut self, key: usize) {
-        if self.sessions.contains(key & !LONGPOLL_TAG) {
-            ShardMetrics::add(&self.metrics[self.id].slow_consumer_closes, 1);
-            self.end_session(key, "slow consumer");
-        }
-    }
-
-    /// Timers: polls past their window get `204`, POSTs past it `408`, and
-    /// sessions nobody polled for 1.5 windows end.
-    pub(super) fn expire_sessions(&mut self) {
-        let timeout = self.config.socket.longpoll.session_timeout();
-        let mut polls = Vec::new();
-        let mut posts = Vec::new();
-        let mut gone = Vec::new();
-        for (skey, session) in self.sessions.iter() {
-            if session.poll.is_some_and(|p| self.now >= p.deadline) {
-                polls.push(skey);
-            }
-            if session
-                .post
-                .as_ref()
-                .is_some_and(|(p, _)| self.now >= p.deadline)
-            {
-                posts.push(skey);
-            }
-            if session.poll.is_none()
-                && self.now.saturating_duration_since(session.last_poll) > timeout
-            {
-                gone.push(skey);
-            }
-        }
-        for skey in polls {
-            self.answer_poll(skey, 204);
-        }
-        for skey in posts {
-            if let Some((held, _)) = self.sessions.get_mut(skey).and_then(|s| s.post.take()) {
-                self.answer_post(held, 408);
-            }
-        }
-        for skey in gone {
-            self.end_session(skey | LONGPOLL_TAG, "session expired");
-        }
-    }
-}
-
-impl Shard {
-    /// Answers a long-poll GET whose session waited for the backend's
-    /// connect decision: `410` + token when admitted, `403` when refused.
-    pub(super) fn finish_session_connect(
-        &mut self,
-        key: usize,
-        serializer: Serializer,
-        keep_alive: bool,
-        admitted: Result<Identity, (u16, String)>,
-    ) {
-        let keep_alive = keep_alive && self.stop_deadline.is_none();
-        let mut out = Vec::new();
-        match admitted {
-            Ok(identity) => {
-                let token = self.create_session(serializer, identity);
-                wire::write_poll(&mut out, 410, &token, std::iter::empty(), keep_alive);
-            }
-            Err((403, reason)) => wire::write_status_reason(&mut out, 403, &reason, keep_alive),
-            Err((status, reason)) => write_json_error(&mut out, status, &reason, keep_alive),
-        }
-        self.send_bytes(key, &out);
-        if keep_alive {
-            self.process_input(key, &mut []);
-        } else {
-            self.start_closing(key);
+            self.answer_post(held, 410, now);
         }
     }
 }

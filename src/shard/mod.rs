@@ -1,4 +1,5 @@
-//! A shard: one thread, one `mio::Poll`, its own connections and topic table.
+//! A shard: one thread, one `mio::Poll`, its own connections, clients and
+//! topic table.
 //!
 //! The loop's invariants (mio is edge-triggered, so these are what keep it
 //! from stalling):
@@ -14,15 +15,25 @@
 //!    message.
 //! 3. A write that would block leaves the rest queued; the writable edge that
 //!    follows puts the connection back on the flush list.
-//! 4. Nothing blocks: other shards are reached through their inboxes.
+//! 4. Nothing blocks: other shards are reached through their inboxes, the
+//!    backend through the hook pool.
 //!
-//! Submodules: [`connection`] (a connection's state), [`outbox`] (queued
-//! output and the vectored flush), [`inbox`] (cross-shard queues),
-//! `http` (requests and the upgrade), `websocket` (frames → protocol →
-//! actions, and the fan-out into outboxes), [`longpoll`] (long-poll
-//! sessions), [`handover`] (moving a connection to its session's shard),
-//! [`hooks`] (backend answers) and `presence` (tracking and per-turn diffs).
+//! A turn is: poll; handle each event (accept, read, inbox); then the end of
+//! the turn — presence diffs, long-poll answers, the flush — and, every
+//! [`TICK`], the timers. The clock is read once per turn and passed down as
+//! `now`. Each feature keeps its state in its own component and exposes the
+//! same entry points, called from here:
+//!
+//! | component | state | inbox message | end of turn | tick |
+//! | --- | --- | --- | --- | --- |
+//! | [`connection`] | sockets, phases, outboxes | — | flush | idle and closing timeouts |
+//! | [`clients`] + `channels` | channel-layer clients, sinks, topics | `Broadcast`, `Disconnect` | — | — |
+//! | [`longpoll`] | session tokens, polls to answer | `HandOver` | answer polls | expire polls, POSTs, sessions |
+//! | [`presence`] | tracked presences, the replica | `Presence` | diffs out, states to joiners | — |
+//! | [`hooks`] | the hook pool | `Hook` | — | — |
 
+pub mod channels;
+pub mod clients;
 pub mod connection;
 pub mod handover;
 pub mod hooks;
@@ -30,33 +41,33 @@ mod http;
 pub mod inbox;
 pub mod longpoll;
 pub mod outbox;
-mod presence;
+pub mod presence;
 mod websocket;
 
 use std::io::{self, Read};
-use std::net::Shutdown;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use slab::Slab;
 
+use self::clients::Clients;
+use self::connection::{Connection, ConnectionKey, Connections, Phase};
+use self::hooks::Hooks;
+use self::inbox::{InboxReceiver, ShardInbox, ShardMessage};
+use self::longpoll::LongPoll;
+use self::outbox::FlushStats;
+use self::presence::Presence;
 use crate::config::Config;
-use crate::fanout::topics::SubscriptionSlot;
-use crate::fanout::topics::TopicTable;
+use crate::fanout::broadcast::NodeId;
+use crate::fanout::deliver::Distributor;
+use crate::fanout::topics::{ClientId, TopicTable};
 use crate::hooks::HookPool;
 use crate::limits::{EventLimit, TokenBucket};
 use crate::longpoll::token::TokenSigner;
 use crate::metrics::ShardMetrics;
-use crate::presence::state::PresenceReplica;
-use crate::presence::tracker::LocalPresence;
-use crate::presence::RefMinter;
-use crate::protocol::message::Serializer;
-use crate::shard::connection::{ClientSession, Connection, Phase};
-use crate::shard::inbox::{InboxReceiver, ShardInbox, ShardMessage};
-use crate::shard::longpoll::LongPollSession;
-use crate::shard::outbox::{FlushStats, Flushed};
+use crate::protocol::channels::Action;
+use crate::transport::stream::Stream;
 
 /// The listening socket's token. Connection tokens are slab keys, which never
 /// reach these reserved values.
@@ -70,15 +81,11 @@ const READ_CHUNK: usize = 64 * 1024;
 const READS_PER_EVENT: usize = 16;
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(250);
-/// Bytes a client may send while its upgrade waits for the backend.
+/// Bytes a client may send while its request waits (for the backend, or
+/// held by a long-poll session).
 const MAX_EARLY_INPUT: usize = 64 * 1024;
-
 /// How long a closing connection waits for its peer before being dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// A connection's key in its shard's slab, which is also its mio token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionKey(pub usize);
 
 /// Everything a shard thread needs, built by the server before spawning it.
 pub struct ShardSetup {
@@ -100,8 +107,20 @@ pub struct ShardSetup {
     pub hooks: Option<HookPool>,
     /// Signs and verifies long-poll session tokens (one key per process).
     pub signer: TokenSigner,
-    /// Random per process start: in session tokens and presence refs.
+    /// Random per process start: the node id of broadcasts, in session
+    /// tokens and presence refs.
     pub instance: u64,
+}
+
+/// Buffers reused every turn, so the hot path does not allocate.
+#[derive(Default)]
+struct Scratch {
+    read: Vec<u8>,
+    text: Vec<u8>,
+    actions: Vec<Action>,
+    inbox: Vec<ShardMessage>,
+    over_limit: Vec<ClientId>,
+    dead: Vec<ConnectionKey>,
 }
 
 /// A running shard.
@@ -113,45 +132,32 @@ pub struct Shard {
     peers: Arc<[ShardInbox]>,
     config: Arc<Config>,
     metrics: Arc<[ShardMetrics]>,
-    connections: Slab<Connection>,
-    /// Long-poll sessions owned by this shard.
-    sessions: Slab<LongPollSession>,
-    /// Sessions that received messages this turn while a poll is held.
-    ready_sessions: Vec<usize>,
-    signer: TokenSigner,
-    /// Random per process start (names anonymous presences).
-    instance: u64,
-    topics: TopicTable,
-    /// The presences this shard owns, and this turn's changes to them.
-    presence: LocalPresence,
-    /// Every presence topic's state, from all shards' diffs.
-    replica: PresenceReplica,
-    /// Connections with output queued this turn (invariant 2).
-    flush_list: Vec<usize>,
-    /// Connections that exceeded the send buffer limit during a fan-out;
-    /// closed once the fan-out loop no longer borrows the topic table.
-    slow_consumers: Vec<usize>,
-    /// The turn's clock, read once per turn.
-    now: Instant,
-    /// Accepting was paused after running out of file descriptors.
+    /// Accepting was paused (out of descriptors, or the accept rate limit);
+    /// the tick resumes it.
     accept_paused: bool,
-    /// The backend hook pool, when configured.
-    hooks: Option<HookPool>,
-    /// The per-connection client event limit, when configured.
-    event_limit: Option<EventLimit>,
-    /// When the shard started: the origin of the limiters' millisecond clock.
-    epoch: Instant,
-    /// Serial number of the next accepted connection.
-    next_serial: u64,
     /// `server.accept_rate_per_shard`, when set.
     accept_bucket: Option<TokenBucket>,
     /// Set once shutdown began: when the shard exits at the latest.
     stop_deadline: Option<Instant>,
-    /// Reused buffers, so the hot path does not allocate.
-    read_buf: Vec<u8>,
-    scratch: Vec<u8>,
-    actions: Vec<crate::protocol::channels::Action>,
-    inbox_batch: Vec<ShardMessage>,
+    /// When the shard started: the origin of the limiters' millisecond clock.
+    epoch: Instant,
+    /// The per-client event limit, when configured.
+    event_limit: Option<EventLimit>,
+    scratch: Scratch,
+    /// Component: sockets, their phases and outboxes.
+    connections: Connections,
+    /// Component: channel-layer clients and their sinks.
+    clients: Clients,
+    /// Which clients subscribe to which topic.
+    topics: TopicTable,
+    /// Where this shard's broadcasts go.
+    distributor: Distributor<ShardInbox>,
+    /// Component: long-poll sessions' requests and timers.
+    longpoll: LongPoll,
+    /// Component: presence tracking and replication.
+    presence: Presence,
+    /// Component: backend hooks.
+    hooks: Hooks,
 }
 
 impl Shard {
@@ -171,42 +177,44 @@ impl Shard {
         } = setup;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let now = Instant::now();
         let accept_rate = config.server.accept_rate_per_shard;
         let event_limit = (config.socket.client_events_per_second > 0).then(|| EventLimit {
             rate: config.socket.client_events_per_second,
             burst: config.socket.client_events_burst,
         });
+        let own_inbox = peers[id].clone();
         Ok(Shard {
             id,
             poll,
             listener: Some(listener),
             inbox,
+            distributor: Distributor::new(NodeId(instance), id, peers.clone()),
             peers,
             config,
             metrics,
-            connections: Slab::with_capacity(1024),
-            sessions: Slab::new(),
-            ready_sessions: Vec::new(),
-            signer,
-            instance,
-            topics: TopicTable::new(),
-            presence: LocalPresence::new(RefMinter::new(instance as u32, id as u16)),
-            replica: PresenceReplica::default(),
-            flush_list: Vec::new(),
-            slow_consumers: Vec::new(),
-            now: Instant::now(),
             accept_paused: false,
-            hooks,
-            event_limit,
-            epoch: Instant::now(),
-            next_serial: 0,
             accept_bucket: (accept_rate > 0)
-                .then(|| TokenBucket::new(accept_rate, accept_rate, Instant::now())),
+                .then(|| TokenBucket::new(accept_rate, accept_rate, now)),
             stop_deadline: None,
-            read_buf: vec![0; READ_CHUNK],
-            scratch: Vec::with_capacity(4096),
-            actions: Vec::new(),
-            inbox_batch: Vec::new(),
+            epoch: now,
+            event_limit,
+            scratch: Scratch {
+                read: vec![0; READ_CHUNK],
+                text: Vec::with_capacity(4096),
+                ..Scratch::default()
+            },
+            connections: Connections::with_capacity(1024),
+            clients: Clients::default(),
+            topics: TopicTable::new(),
+            longpoll: LongPoll::new(signer),
+            presence: Presence::new(instance, id),
+            hooks: Hooks::new(
+                hooks,
+                Arc::new(move |answer| {
+                    own_inbox.send(ShardMessage::Hook(answer));
+                }),
+            ),
         })
     }
 
@@ -216,8 +224,8 @@ impl Shard {
 
     /// Milliseconds since the shard started (wraps after 49 days; the
     /// limiters only use differences).
-    fn clock_ms(&self) -> u32 {
-        self.now.saturating_duration_since(self.epoch).as_millis() as u32
+    fn clock_ms(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.epoch).as_millis() as u32
     }
 
     /// Runs the loop until shutdown completes.
@@ -232,37 +240,29 @@ impl Shard {
                 }
                 return Err(e);
             }
-            self.now = Instant::now();
+            let now = Instant::now();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
-                    WAKER => self.drain_inbox(),
+                    LISTENER => self.accept(now),
+                    WAKER => self.drain_inbox(now),
                     Token(key) => {
+                        let key = ConnectionKey(key);
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key);
+                            self.on_readable(key, now);
                         }
                         if event.is_writable() {
-                            self.schedule_flush(key);
+                            self.connections.schedule_flush(key);
                         }
                     }
                 }
             }
-            // End of the turn: this turn's presence changes leave as one
-            // diff per topic, polls with news are answered, then one write
-            // per connection.
-            if self.presence.has_changes() {
-                self.flush_presence();
-            }
-            if !self.ready_sessions.is_empty() {
-                self.answer_ready_polls();
-            }
-            self.flush_all();
-            if self.now >= next_tick {
-                next_tick = self.now + TICK;
-                self.on_tick();
+            self.end_of_turn(now);
+            if now >= next_tick {
+                next_tick = now + TICK;
+                self.on_tick(now);
             }
             if let Some(deadline) = self.stop_deadline {
-                if self.connections.is_empty() || self.now >= deadline {
+                if self.connections.is_empty() || now >= deadline {
                     tracing::debug!(
                         shard = self.id,
                         left = self.connections.len(),
@@ -274,14 +274,60 @@ impl Shard {
         }
     }
 
+    /// Each component's end of turn, in the order their output depends on:
+    /// presence diffs (and the states that must follow them), then the
+    /// long-poll answers that carry this turn's messages, then one write
+    /// per connection (invariant 2).
+    fn end_of_turn(&mut self, now: Instant) {
+        self.presence_end_of_turn(now);
+        self.longpoll_end_of_turn(now);
+        self.flush_all(now);
+    }
+
+    /// Each component's timers.
+    fn on_tick(&mut self, now: Instant) {
+        if self.accept_paused {
+            self.accept_paused = false;
+            self.accept(now);
+        }
+        self.connections_tick(now);
+        self.longpoll_tick(now);
+    }
+
+    /// Routes the inbox's messages to the components they belong to.
+    fn drain_inbox(&mut self, now: Instant) {
+        let mut batch = std::mem::take(&mut self.scratch.inbox);
+        batch.extend(self.inbox.drain());
+        for message in batch.drain(..) {
+            match message {
+                ShardMessage::Broadcast(broadcast) => self.deliver(&broadcast, now),
+                ShardMessage::Disconnect(target) => self.disconnect_local(&target, now),
+                ShardMessage::Hook(answer) => self.on_hook_answer(answer, now),
+                ShardMessage::HandOver(hand_over) => self.adopt(*hand_over, now),
+                ShardMessage::Presence(sync) => self.on_presence_sync(&sync, now),
+                ShardMessage::Shutdown => self.begin_shutdown(now),
+            }
+        }
+        self.scratch.inbox = batch;
+    }
+
+    /// Sends `message` to every shard but this one.
+    fn send_to_peers(&self, mut message: impl FnMut() -> ShardMessage) {
+        for (shard, inbox) in self.peers.iter().enumerate() {
+            if shard != self.id {
+                inbox.send(message());
+            }
+        }
+    }
+
     /// Accepts until the listener would block (invariant 1).
-    fn accept(&mut self) {
-        let Some(listener) = &self.listener else {
-            return;
-        };
+    fn accept(&mut self, now: Instant) {
         loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
             if let Some(bucket) = &mut self.accept_bucket {
-                if !bucket.try_take(self.now) {
+                if !bucket.try_take(now) {
                     // The rest wait in the backlog; the tick resumes.
                     ShardMetrics::add(&self.metrics[self.id].accept_throttled, 1);
                     self.accept_paused = true;
@@ -289,29 +335,18 @@ impl Shard {
                 }
             }
             match listener.accept() {
-                Ok((mut socket, peer)) => {
+                Ok((socket, peer)) => {
                     if self.connections.len() >= self.config.server.max_connections_per_shard {
-                        ShardMetrics::add(&self.metrics[self.id].refused, 1);
-                        drop(socket);
+                        ShardMetrics::add(&self.metrics().refused, 1);
                         continue;
                     }
-                    // Replies are small and latency matters more than packet count.
-                    let _ = socket.set_nodelay(true);
-                    let entry = self.connections.vacant_entry();
-                    let key = entry.key();
-                    if let Err(e) = self.poll.registry().register(
-                        &mut socket,
-                        Token(key),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
+                    let connection = Connection::new(Stream::plain(socket), peer, now);
+                    if let Err(e) = self.connections.insert(self.poll.registry(), connection) {
                         tracing::warn!(error = %e, "cannot register a connection");
                         continue;
                     }
-                    self.next_serial += 1;
-                    entry.insert(Connection::new(socket, peer, self.now, self.next_serial));
-                    let metrics = &self.metrics[self.id];
-                    ShardMetrics::add(&metrics.accepted, 1);
-                    ShardMetrics::add(&metrics.connections, 1);
+                    ShardMetrics::add(&self.metrics().accepted, 1);
+                    ShardMetrics::add(&self.metrics().connections, 1);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -330,45 +365,28 @@ impl Shard {
         }
     }
 
-    fn drain_inbox(&mut self) {
-        let mut batch = std::mem::take(&mut self.inbox_batch);
-        batch.extend(self.inbox.drain());
-        for message in batch.drain(..) {
-            match message {
-                ShardMessage::Broadcast(broadcast) => self.deliver(&broadcast),
-                ShardMessage::Disconnect(target) => self.disconnect_local(&target),
-                ShardMessage::HookDone(done) => self.on_hook_done(*done),
-                ShardMessage::ConnectDone(done) => self.on_connect_done(*done),
-                ShardMessage::HandOver(hand_over) => self.adopt(*hand_over),
-                ShardMessage::Presence(sync) => self.on_presence_sync(&sync),
-                ShardMessage::Shutdown => self.begin_shutdown(),
-            }
-        }
-        self.inbox_batch = batch;
-    }
-
-    /// Reads what the socket has and processes it (invariant 1).
-    fn on_readable(&mut self, key: usize) {
-        let mut buf = std::mem::take(&mut self.read_buf);
+    /// Reads what the stream has and processes it (invariant 1).
+    fn on_readable(&mut self, key: ConnectionKey, now: Instant) {
+        let mut buf = std::mem::take(&mut self.scratch.read);
         for _ in 0..READS_PER_EVENT {
             let Some(conn) = self.connections.get_mut(key) else {
                 break;
             };
-            match conn.socket.read(&mut buf) {
+            match conn.stream.read(&mut buf) {
                 Ok(0) => {
                     // The peer hung up (or half-closed). A WebSocket's channels
-                    // end silently (spec §6.9); an HTTP client that half-closed
-                    // after its request still gets the queued response.
+                    // end silently (Phoenix does the same); an HTTP client that
+                    // half-closed after its request still gets the queued response.
                     if conn.outbox.is_empty() || conn.is_closing() {
                         self.remove(key);
                     } else {
-                        self.start_closing(key);
+                        self.start_closing(key, now);
                     }
                     break;
                 }
                 Ok(n) => {
-                    conn.last_active = self.now;
-                    self.process_input(key, &mut buf[..n]);
+                    conn.last_active = now;
+                    self.process_input(key, &mut buf[..n], now);
                     if n < buf.len() {
                         // A short read means the socket is drained; skip the
                         // extra read() that would only say WouldBlock.
@@ -383,12 +401,12 @@ impl Shard {
                 }
             }
         }
-        self.read_buf = buf;
+        self.scratch.read = buf;
     }
 
     /// Feeds freshly read bytes to the connection's phase. Input left over
     /// (an incomplete request or frame) is kept on the connection.
-    fn process_input(&mut self, key: usize, fresh: &mut [u8]) {
+    fn process_input(&mut self, key: ConnectionKey, fresh: &mut [u8], now: Instant) {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
@@ -399,11 +417,11 @@ impl Shard {
         if input.is_empty() {
             // The usual case: process straight from the shard's read buffer
             // and copy only an incomplete tail.
-            let consumed = self.process_bytes(key, fresh);
+            let consumed = self.process_bytes(key, fresh, now);
             input.extend_from_slice(&fresh[consumed..]);
         } else {
             input.extend_from_slice(fresh);
-            let consumed = self.process_bytes(key, &mut input);
+            let consumed = self.process_bytes(key, &mut input, now);
             input.drain(..consumed);
         }
         if let Some(conn) = self.connections.get_mut(key) {
@@ -418,21 +436,21 @@ impl Shard {
 
     /// Processes as many complete requests or frames as `input` holds;
     /// returns how many bytes were used.
-    fn process_bytes(&mut self, key: usize, input: &mut [u8]) -> usize {
+    fn process_bytes(&mut self, key: ConnectionKey, input: &mut [u8], now: Instant) -> usize {
         let mut used = 0;
         while used < input.len() {
             let Some(conn) = self.connections.get(key) else {
                 return input.len();
             };
             let step = match conn.phase {
-                Phase::Http => self.process_http(key, &mut input[used..]),
-                Phase::WebSocket(_) => self.process_websocket(key, &mut input[used..]),
+                Phase::Http => self.process_http(key, &mut input[used..], now),
+                Phase::WebSocket(_) => self.process_websocket(key, &mut input[used..], now),
                 Phase::Closing { .. } => return input.len(),
                 // A client must wait for the 101 (or a held request's
                 // answer) before sending more; keep what it sent anyway,
                 // within a bound.
                 Phase::Authorizing(_) | Phase::Held if input.len() - used > MAX_EARLY_INPUT => {
-                    self.start_closing(key);
+                    self.start_closing(key, now);
                     return input.len();
                 }
                 Phase::Authorizing(_) | Phase::Held => return used,
@@ -445,183 +463,113 @@ impl Shard {
         used
     }
 
-    /// Puts a connection on this turn's flush list.
-    fn schedule_flush(&mut self, key: usize) {
-        if let Some(conn) = self.connections.get_mut(key) {
-            if !conn.flush_scheduled {
-                conn.flush_scheduled = true;
-                self.flush_list.push(key);
-            }
-        }
+    /// Queues bytes for one connection (an HTTP answer, a control frame).
+    fn send_bytes(&mut self, key: ConnectionKey, bytes: &[u8]) {
+        self.connections.queue_owned(key, bytes);
     }
 
     /// One vectored flush per listed connection (invariant 2).
-    fn flush_all(&mut self) {
+    fn flush_all(&mut self, _now: Instant) {
         let mut stats = FlushStats::default();
-        let list = std::mem::take(&mut self.flush_list);
-        for &key in &list {
-            let Some(conn) = self.connections.get_mut(key) else {
-                continue;
-            };
-            conn.flush_scheduled = false;
-            match conn.outbox.flush(&mut conn.socket, &mut stats) {
-                Ok(Flushed::All) => {
-                    if let Phase::Closing { write_shut, .. } = &mut conn.phase {
-                        if !*write_shut {
-                            *write_shut = true;
-                            // Half-close: the peer sees EOF after our close
-                            // frame, answers, and hangs up; we then drop it.
-                            let _ = conn.socket.shutdown(Shutdown::Write);
-                        }
-                    }
-                }
-                Ok(Flushed::Blocked) => {}
-                Err(_) => self.remove(key),
-            }
+        let mut dead = std::mem::take(&mut self.scratch.dead);
+        self.connections.flush_all(&mut stats, &mut dead);
+        for key in dead.drain(..) {
+            self.remove(key);
         }
+        self.scratch.dead = dead;
+        self.count_flush(stats);
+    }
+
+    fn count_flush(&self, stats: FlushStats) {
         let metrics = self.metrics();
         ShardMetrics::add(&metrics.bytes_written, stats.bytes);
         ShardMetrics::add(&metrics.write_calls, stats.calls);
-        // Keep the allocation. Nothing in the loop above schedules flushes
-        // (removal does not), so the list taken is the only one.
-        debug_assert!(self.flush_list.is_empty());
-        let mut list = list;
-        list.clear();
-        self.flush_list = list;
     }
 
     /// Timeouts: idle WebSockets, idle HTTP, closing connections past their deadline.
-    fn on_tick(&mut self) {
-        if self.accept_paused {
-            self.accept_paused = false;
-            self.accept();
-        }
+    fn connections_tick(&mut self, now: Instant) {
         let idle_ws = self.config.idle_timeout();
         let idle_http = self.config.http_idle_timeout();
         let mut expired_ws = Vec::new();
         let mut drop_now = Vec::new();
         for (key, conn) in self.connections.iter() {
-            let idle = self.now.saturating_duration_since(conn.last_active);
+            let idle = now.saturating_duration_since(conn.last_active);
             match &conn.phase {
                 Phase::Http if idle > idle_http => drop_now.push(key),
-                Phase::WebSocket(_) if idle > idle_ws => expired_ws.push(key),
-                Phase::Closing { deadline, .. } if self.now >= *deadline => drop_now.push(key),
+                Phase::WebSocket(ws) if idle > idle_ws => expired_ws.push(ws.client),
+                Phase::Closing { deadline, .. } if now >= *deadline => drop_now.push(key),
                 _ => {}
             }
         }
         for key in drop_now {
             self.remove(key);
         }
-        for key in expired_ws {
-            ShardMetrics::add(&self.metrics[self.id].idle_closes, 1);
+        for client in expired_ws {
+            ShardMetrics::add(&self.metrics().idle_closes, 1);
             // Not 1000: JS clients before 1.8.16 reconnect only after other codes.
-            self.close_websocket(key, 1001, "idle timeout");
-        }
-        if !self.sessions.is_empty() {
-            self.expire_sessions();
+            self.close_client(client, websocket::CLOSE_GOING_AWAY, "idle timeout", now);
         }
     }
 
-    /// Stops accepting, closes every WebSocket with 1012 (service restart, so
-    /// clients reconnect — to this server's successor), and lets the loop run
-    /// until everything is flushed or the shutdown timeout passes.
-    fn begin_shutdown(&mut self) {
+    /// Stops accepting, closes every client — WebSockets with 1012 (service
+    /// restart, so clients reconnect to this server's successor), long-poll
+    /// sessions with `410` — and lets the loop run until everything is
+    /// flushed or the shutdown timeout passes.
+    fn begin_shutdown(&mut self, now: Instant) {
         if self.stop_deadline.is_some() {
             return;
         }
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        self.stop_deadline = Some(self.now + self.config.shutdown_timeout());
-        let keys: Vec<usize> = self.connections.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            let Some(conn) = self.connections.get(key) else {
-                continue;
-            };
-            match conn.phase {
-                Phase::WebSocket(_) => self.close_websocket(key, 1012, "server shutting down"),
-                Phase::Http | Phase::Authorizing(_) => self.start_closing(key),
-                Phase::Held | Phase::Closing { .. } => {}
-            }
-        }
-        // Held polls get 410, so clients reconnect (to the successor).
-        let sessions: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
-        for skey in sessions {
-            self.end_session(
-                skey | crate::fanout::topics::LONGPOLL_TAG,
+        self.stop_deadline = Some(now + self.config.shutdown_timeout());
+        let clients: Vec<ClientId> = self.clients.iter().map(|(id, _)| id).collect();
+        for client in clients {
+            self.close_client(
+                client,
+                websocket::CLOSE_SERVICE_RESTART,
                 "server shutting down",
+                now,
             );
+        }
+        let keys: Vec<ConnectionKey> = self.connections.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(Phase::Http | Phase::Authorizing(_)) =
+                self.connections.get(key).map(|c| &c.phase)
+            {
+                self.start_closing(key, now);
+            }
         }
     }
 
-    /// Moves a connection to `Closing` after its queued output.
-    fn start_closing(&mut self, key: usize) {
-        let deadline = self.now + CLOSE_GRACE;
+    /// Moves a connection to `Closing` after its queued output; the client
+    /// it carried, if any, goes away.
+    fn start_closing(&mut self, key: ConnectionKey, now: Instant) {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
         let old = std::mem::replace(
             &mut conn.phase,
             Phase::Closing {
-                deadline,
+                deadline: now + CLOSE_GRACE,
                 write_shut: false,
             },
         );
         conn.pending_input = Vec::new();
-        if let Phase::WebSocket(mut session) = old {
-            self.drop_client_subscriptions(key, &mut session.client);
+        if let Phase::WebSocket(ws) = old {
+            self.drop_client(ws.client);
         }
-        self.schedule_flush(key);
+        self.connections.schedule_flush(key);
     }
 
-    /// Removes a connection now: subscriptions, poll registration, socket.
-    fn remove(&mut self, key: usize) {
-        let Some(mut conn) = self.connections.try_remove(key) else {
+    /// Removes a connection now: its client, poll registration, stream.
+    fn remove(&mut self, key: ConnectionKey) {
+        let Some(conn) = self.connections.remove(self.poll.registry(), key) else {
             return;
         };
-        let _ = self.poll.registry().deregister(&mut conn.socket);
-        if let Phase::WebSocket(session) = &mut conn.phase {
-            self.drop_client_subscriptions(key, &mut session.client);
+        if let Some(client) = conn.client() {
+            self.drop_client(client);
         }
-        ShardMetrics::sub(&self.metrics[self.id].connections, 1);
-    }
-
-    /// Drops every subscription of a client that is going away (its
-    /// channels end silently, spec §6.9; its presences leave).
-    fn drop_client_subscriptions(&mut self, key: usize, client: &mut ClientSession) {
-        let serializer = client.serializer;
-        for (topic, slot) in client.channels.close_all() {
-            self.unsubscribe(key, &topic, serializer, slot);
-        }
-    }
-
-    /// Removes one subscription of client `key` (and its presence there).
-    fn unsubscribe(
-        &mut self,
-        key: usize,
-        topic: &str,
-        serializer: Serializer,
-        slot: SubscriptionSlot,
-    ) {
-        self.topics.unsubscribe(topic, serializer, slot);
-        ShardMetrics::sub(&self.metrics[self.id].channels, 1);
-        self.presence.untrack(topic, key);
-    }
-
-    /// The channel-layer client behind `key` (a WebSocket, or a tagged
-    /// long-poll session key).
-    fn client_mut(&mut self, key: usize) -> Option<&mut ClientSession> {
-        longpoll::client_of(&mut self.connections, &mut self.sessions, key)
-    }
-
-    /// The serial number of the client behind `key`.
-    fn client_serial(&self, key: usize) -> Option<u64> {
-        if longpoll::is_session(key) {
-            self.sessions
-                .get(key & !crate::fanout::topics::LONGPOLL_TAG)
-                .map(|s| s.serial)
-        } else {
-            self.connections.get(key).map(|c| c.serial)
-        }
+        ShardMetrics::sub(&self.metrics().connections, 1);
     }
 }

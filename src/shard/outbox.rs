@@ -12,7 +12,7 @@ use std::io::{self, IoSlice, Write};
 
 use smallvec::SmallVec;
 
-use crate::fanout::broadcast::EncodedFrame;
+use crate::fanout::frame::EncodedFrame;
 
 /// Chunks handed to one `writev`. Linux allows 1024; 64 already amortises the
 /// syscall over many frames while keeping the iovec array on the stack.

@@ -1,30 +1,77 @@
-//! The shard's side of presence: tracking its clients on presence-enabled
-//! routes, pushing `presence_state` after joins, and sending this turn's
-//! changes to every shard at the end of the turn (see [`crate::presence`]).
+//! The presence component: tracking this shard's clients on presence
+//! routes, replicating every shard's changes, and pushing `presence_state`
+//! to joiners (see [`crate::presence`]).
+//!
+//! A join on a presence route is tracked at once; its change leaves at the
+//! end of the turn in the topic's one diff for the turn, which every shard
+//! applies to its replica and delivers. Only then does the joiner get its
+//! `presence_state`, read from the replica — so, as on Phoenix, a joiner
+//! sees its join reply, the `presence_diff` announcing it, then a state
+//! that already holds it, and the JS `Presence` helper syncs once.
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::Value;
 
 use super::inbox::ShardMessage;
 use super::Shard;
-use crate::fanout::broadcast::Broadcast;
+use crate::fanout::broadcast::Content;
+use crate::fanout::topics::ClientId;
 use crate::metrics::ShardMetrics;
-use crate::presence::tracker::UpdateError;
-use crate::presence::PresenceDiff;
+use crate::presence::state::PresenceReplica;
+use crate::presence::tracker::{LocalPresence, UpdateError};
+use crate::presence::{presence_key, PresenceSync, RefMinter};
 use crate::protocol::channels::{reply_payload, Outgoing, PresenceJoin, PresenceUpdate};
-use crate::protocol::message::{Payload, RawJson};
+use crate::protocol::message::{Name, Payload, RawJson};
 
-/// One topic's presence changes of one turn, as every shard receives them:
-/// the structured diff (for the replicas) and its `presence_diff` broadcast
-/// (encoded once for every subscriber on every shard).
+/// A joiner waiting for its `presence_state` until the turn's diffs are out.
 #[derive(Debug)]
-pub struct PresenceSync {
-    /// The changes.
-    pub diff: PresenceDiff,
-    /// The `presence_diff` message.
-    pub broadcast: Broadcast,
+struct StatePush {
+    client: ClientId,
+    serial: u64,
+    topic: String,
+    topic_name: Name,
+    join_ref: RawJson,
+}
+
+/// The presence component's state.
+#[derive(Debug)]
+pub struct Presence {
+    /// The presences this shard owns, and this turn's changes to them.
+    tracker: LocalPresence,
+    /// Every presence topic's state, from all shards' diffs.
+    replica: PresenceReplica,
+    /// Random per process start (names anonymous presences).
+    instance: u64,
+    /// This shard (names anonymous presences).
+    shard: usize,
+    /// Joiners of this turn, in join order.
+    awaiting_state: Vec<StatePush>,
+}
+
+impl Presence {
+    /// The component of shard `shard` of process `instance`.
+    pub fn new(instance: u64, shard: usize) -> Presence {
+        Presence {
+            tracker: LocalPresence::new(RefMinter::new(instance as u32, shard as u16)),
+            replica: PresenceReplica::default(),
+            instance,
+            shard,
+            awaiting_state: Vec::new(),
+        }
+    }
+
+    /// Stops tracking a client on a topic it left (or lost).
+    pub fn untrack(&mut self, topic: &str, client: ClientId) {
+        self.tracker.untrack(topic, client);
+    }
+
+    /// A topic's state as `presence_state` JSON, from the replica.
+    pub fn state_json(&mut self, topic: &str) -> Arc<[u8]> {
+        self.replica.state_json(topic)
+    }
 }
 
 /// Parses a JSON payload into a value (joins and updates only; not the
@@ -36,21 +83,10 @@ fn payload_value(payload: &Payload) -> Option<Value> {
     }
 }
 
-/// A JSON scalar as a presence key (Phoenix stringifies keys).
-fn key_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
 impl Shard {
-    /// Tracks a client that joined a presence-enabled topic, then pushes it
-    /// the topic's state. Its own join reaches it (and everyone) in this
-    /// turn's diff, after the state, as the JS client expects.
-    pub(super) fn track_presence(&mut self, key: usize, join: PresenceJoin) {
+    /// Tracks a client that joined a presence-enabled topic; its state
+    /// follows at the end of the turn.
+    pub(super) fn track_presence(&mut self, id: ClientId, join: PresenceJoin) {
         let Some(route) = self
             .config
             .routes
@@ -59,101 +95,112 @@ impl Shard {
         else {
             return;
         };
-        let payload = payload_value(&join.payload);
-        let Some(serial) = self.client_serial(key) else {
+        let Some(client) = self.clients.get(id) else {
             return;
         };
-        let user_id = self
-            .client_mut(key)
-            .and_then(|c| c.identity().user_id.clone());
-        // The key: the configured join payload field, else the user id,
-        // else an id of this connection alone.
-        let presence_key = route
-            .key_field
-            .as_deref()
-            .and_then(|field| payload.as_ref()?.get(field))
-            .and_then(key_text)
-            .or(user_id)
-            .unwrap_or_else(|| format!("anonymous:{}:{}:{serial}", self.instance, self.id));
+        let serial = client.serial;
+        let payload = payload_value(&join.payload);
+        let presence = &mut self.presence;
+        let (instance, shard) = (presence.instance, presence.shard);
+        let key = presence_key(
+            route.key_field.as_deref(),
+            payload.as_ref(),
+            client.session.identity().user_id.as_deref(),
+            || format!("anonymous:{instance}:{shard}:{serial}"),
+        );
         // A `meta` that is not an object is ignored rather than failing a
         // join that already succeeded.
         let meta = payload
             .as_ref()
             .and_then(|p| p.get("meta"))
             .filter(|m| m.is_object());
-        if let Err(error) = self.presence.track(&join.topic, key, &presence_key, meta) {
+        if let Err(error) = presence.tracker.track(&join.topic, id, &key, meta) {
             tracing::debug!(%error, "presence not tracked");
         }
-        let state = self.replica.state_json(&join.topic);
-        self.send_message(
-            key,
-            &Outgoing {
-                join_ref: join.join_ref,
-                msg_ref: RawJson::null(),
-                topic: join.topic_name,
-                event: Cow::Borrowed("presence_state"),
-                payload: Cow::Owned(state.to_vec()),
-            },
-        );
+        presence.awaiting_state.push(StatePush {
+            client: id,
+            serial,
+            topic: join.topic,
+            topic_name: join.topic_name,
+            join_ref: join.join_ref,
+        });
     }
 
     /// `presence_update`: replaces the caller's metas with the payload's
     /// `meta` object and replies.
-    pub(super) fn update_presence(&mut self, key: usize, update: PresenceUpdate) {
+    pub(super) fn update_presence(&mut self, id: ClientId, update: PresenceUpdate, now: Instant) {
         let payload = payload_value(&update.payload);
         let meta = payload.as_ref().and_then(|p| p.get("meta"));
-        let reply = match self.presence.update(&update.topic, key, meta) {
+        let reply = match self.presence.tracker.update(&update.topic, id, meta) {
             Ok(()) => reply_payload("ok", b"{}"),
             Err(UpdateError::NotTracked) => reply_payload("error", br#"{"reason":"not tracked"}"#),
             Err(UpdateError::Meta(_)) => {
                 reply_payload("error", br#"{"reason":"meta must be a JSON object"}"#)
             }
         };
-        self.send_message(
-            key,
-            &Outgoing {
-                join_ref: update.join_ref,
-                msg_ref: update.msg_ref,
-                topic: update.topic_name,
-                event: Cow::Borrowed("phx_reply"),
-                payload: Cow::Owned(reply),
-            },
-        );
+        let reply = Outgoing {
+            join_ref: update.join_ref,
+            msg_ref: update.msg_ref,
+            topic: update.topic_name,
+            event: Cow::Borrowed("phx_reply"),
+            payload: Cow::Owned(reply),
+        };
+        self.send_message(id, &reply, now);
     }
 
     /// End of turn: each changed topic's diff goes to this shard's replica
-    /// and subscribers, and to every other shard.
-    pub(super) fn flush_presence(&mut self) {
-        let diffs: Vec<PresenceDiff> = self.presence.take_diffs().collect();
-        for diff in diffs {
-            let payload = Payload::Json(diff.payload());
-            let broadcast = match Broadcast::new(
-                diff.topic.clone(),
-                "presence_diff".to_string(),
-                payload,
-                None,
-            ) {
-                Ok(broadcast) => broadcast,
-                Err(error) => {
-                    tracing::warn!(%error, topic = %diff.topic, "presence diff not sent");
-                    continue;
-                }
-            };
-            let sync = Arc::new(PresenceSync { diff, broadcast });
-            ShardMetrics::add(&self.metrics[self.id].presence_diffs, 1);
-            self.on_presence_sync(&sync);
-            for (shard, inbox) in self.peers.iter().enumerate() {
-                if shard != self.id {
-                    inbox.send(ShardMessage::Presence(sync.clone()));
-                }
+    /// and subscribers and to every other shard; then this turn's joiners
+    /// get their states, which hold them.
+    pub(super) fn presence_end_of_turn(&mut self, now: Instant) {
+        if self.presence.tracker.has_changes() {
+            let diffs: Vec<_> = self.presence.tracker.take_diffs().collect();
+            for diff in diffs {
+                let content = Content::new(
+                    diff.topic.clone(),
+                    "presence_diff".to_string(),
+                    Payload::Json(diff.payload()),
+                );
+                let content = match content {
+                    Ok(content) => content,
+                    Err(error) => {
+                        tracing::warn!(%error, topic = %diff.topic, "presence diff not sent");
+                        continue;
+                    }
+                };
+                let broadcast = self
+                    .distributor
+                    .stamp(content, None, super::channels::unix_ms());
+                let sync = Arc::new(PresenceSync { diff, broadcast });
+                ShardMetrics::add(&self.metrics().presence_diffs, 1);
+                self.on_presence_sync(&sync, now);
+                self.send_to_peers(|| ShardMessage::Presence(sync.clone()));
             }
+        }
+        let joiners = std::mem::take(&mut self.presence.awaiting_state);
+        for push in joiners {
+            if self
+                .clients
+                .get(push.client)
+                .is_none_or(|c| c.serial != push.serial)
+            {
+                continue; // gone within the turn
+            }
+            let state = self.presence.state_json(&push.topic);
+            let message = Outgoing {
+                join_ref: push.join_ref,
+                msg_ref: RawJson::null(),
+                topic: push.topic_name,
+                event: Cow::Borrowed("presence_state"),
+                payload: Cow::Owned(state.to_vec()),
+            };
+            self.send_message(push.client, &message, now);
         }
     }
 
     /// Applies a diff to the replica and delivers it, in one step: a client
     /// gets either the state with the change or the diff, never neither.
-    pub(super) fn on_presence_sync(&mut self, sync: &PresenceSync) {
-        self.replica.apply(&sync.diff);
-        self.deliver(&sync.broadcast);
+    pub(super) fn on_presence_sync(&mut self, sync: &PresenceSync, now: Instant) {
+        self.presence.replica.apply(&sync.diff);
+        self.deliver(&sync.broadcast, now);
     }
 }

@@ -6,9 +6,12 @@
 //! | [`query`] | query strings decoded as Phoenix (Plug) does |
 //! | [`handshake`] | the WebSocket upgrade: subprotocols, auth token, accept key |
 //! | [`frame`] | the WebSocket frame codec: decoding client frames, writing server frames |
+//! | [`origin`] | the `Origin` check of connect requests |
+//! | [`stream`] | the byte stream under a connection (plain TCP; room for TLS) |
 
 pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod origin;
 pub mod query;
+pub mod stream;

@@ -157,3 +157,26 @@ test("without presence_key each connection is its own key; a rejoin pushes a fre
   assert.equal((await replyOf(again.join())).status, "ok");
   await waitUntil(() => synced && presence.list((id) => id).length === 2, 5000, "sync after the rejoin");
 });
+
+test("a joiner's onSync fires once, and the list it sees already holds the joiner", T, async () => {
+  for (const transport of [undefined, LongPoll]) {
+    const topic = uniqueTopic("lobby", "once");
+    const first = await member(topic, "una", { transport });
+    const socket = await connectSocket(ctx.server, transport ? { ...FAST, transport } : FAST);
+    const channel = socket.channel(topic, { user_id: "vic" });
+    const presence = new Presence(channel);
+    const seen = [];
+    presence.onSync(() => seen.push(presence.list((id) => id).sort()));
+    const reply = await replyOf(channel.join(), 5000, "join of vic");
+    assert.equal(reply.status, "ok");
+    await waitUntil(() => seen.length > 0, 5000, () => "onSync never fired");
+    // Anything that would fire a second sync (a state, or a diff after it)
+    // arrives within a few loop turns.
+    await sleep(transport ? 1200 : 300);
+    const how = transport ? "LongPoll" : "WebSocket";
+    assert.deepEqual(seen, [["una", "vic"]], `${how}: one sync, with the joiner present`);
+    assert.equal(first.syncs() >= 1, true);
+    socket.disconnect();
+    first.socket.disconnect();
+  }
+});
