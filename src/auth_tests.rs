@@ -14,6 +14,12 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Mints a token under any algorithm and key, including the forged ones the
+/// verifier must refuse.
+fn sign(alg: Algorithm, claims: &impl serde::Serialize, key: &EncodingKey) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
+}
+
 fn claims(sub: &str, exp_offset: i64) -> Claims {
     Claims {
         sub: sub.into(),
@@ -54,12 +60,11 @@ fn refusals_are_named() {
         Err(TokenError::NotYetValid)
     );
     assert_eq!(verifier.verify("not.a.jwt"), Err(TokenError::Malformed));
-    let no_sub = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
+    let no_sub = sign(
+        Algorithm::HS256,
         &serde_json::json!({ "exp": now_secs() + 60 }),
         &EncodingKey::from_secret(b"dev-secret"),
-    )
-    .unwrap();
+    );
     assert_eq!(verifier.verify(&no_sub), Err(TokenError::Malformed));
 }
 
@@ -78,33 +83,21 @@ fn alg_none_is_refused() {
 fn rs256_and_es256_from_pem_and_no_algorithm_confusion() {
     let rsa = Verifier::from_public_key_file(&fixture("rsa-public.pem"), None).unwrap();
     let rsa_private = std::fs::read(fixture("rsa-private.pem")).unwrap();
-    let token = jsonwebtoken::encode(
-        &Header::new(Algorithm::RS256),
-        &claims("bob", 60),
-        &EncodingKey::from_rsa_pem(&rsa_private).unwrap(),
-    )
-    .unwrap();
+    let rsa_key = EncodingKey::from_rsa_pem(&rsa_private).unwrap();
+    let token = sign(Algorithm::RS256, &claims("bob", 60), &rsa_key);
     assert_eq!(rsa.verify(&token).unwrap().sub, "bob");
 
     // The classic attack: an HS256 token whose HMAC key is the server's
     // public RSA key. The verifier only accepts RS256.
     let public_pem = std::fs::read(fixture("rsa-public.pem")).unwrap();
-    let forged = jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims("mallory", 60),
-        &EncodingKey::from_secret(&public_pem),
-    )
-    .unwrap();
+    let public_as_secret = EncodingKey::from_secret(&public_pem);
+    let forged = sign(Algorithm::HS256, &claims("mallory", 60), &public_as_secret);
     assert_eq!(rsa.verify(&forged), Err(TokenError::WrongAlgorithm));
 
     let ec = Verifier::from_public_key_file(&fixture("ec-public.pem"), None).unwrap();
     let ec_private = std::fs::read(fixture("ec-private.pem")).unwrap();
-    let token = jsonwebtoken::encode(
-        &Header::new(Algorithm::ES256),
-        &claims("carol", 60),
-        &EncodingKey::from_ec_pem(&ec_private).unwrap(),
-    )
-    .unwrap();
+    let ec_key = EncodingKey::from_ec_pem(&ec_private).unwrap();
+    let token = sign(Algorithm::ES256, &claims("carol", 60), &ec_key);
     assert_eq!(ec.verify(&token).unwrap().sub, "carol");
     assert_eq!(rsa.verify(&token), Err(TokenError::WrongAlgorithm));
 }

@@ -1,6 +1,7 @@
 //! Tests of configuration parsing and validation.
 
 use super::*;
+use crate::routes::{ClientEventPolicy, JoinPolicy};
 
 #[test]
 fn empty_file_gives_the_defaults() {

@@ -4,7 +4,7 @@
 //! token from the `Sec-WebSocket-Protocol` header, the peer address — into a
 //! [`ConnectRequest`], and a [`ConnectPolicy`] decides. The policy runs after
 //! subprotocol negotiation and before the upgrade headers are validated,
-//! which is Phoenix's order (spec §2.4).
+//! which is Phoenix's order.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

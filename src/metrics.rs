@@ -66,121 +66,39 @@ impl ShardMetrics {
     }
 }
 
+/// Reads one counter out of a shard's set.
+type Field = fn(&ShardMetrics) -> &AtomicU64;
+
+/// Every exported metric, in output order: name, Prometheus type, the
+/// counter it reads, help text. Kept as a table, one metric a row, so adding
+/// a counter is one line here.
+#[rustfmt::skip]
+const METRICS: [(&str, &str, Field, &str); 19] = [
+    ("cinder_connections",                      "gauge",   |m| &m.connections,          "Open connections."),
+    ("cinder_connections_accepted_total",       "counter", |m| &m.accepted,             "Connections accepted."),
+    ("cinder_connections_refused_total",        "counter", |m| &m.refused,              "Connections refused because a shard was full."),
+    ("cinder_client_events_rate_limited_total", "counter", |m| &m.rate_limited,         "Client events refused by the per-connection rate limit."),
+    ("cinder_accept_throttled_total",           "counter", |m| &m.accept_throttled,     "Times a shard paused accepting because its accept rate was used up."),
+    ("cinder_websocket_upgrades_total",         "counter", |m| &m.websocket_upgrades,   "WebSocket upgrades completed."),
+    ("cinder_channels",                         "gauge",   |m| &m.channels,             "Channels joined."),
+    ("cinder_broadcasts_total",                 "counter", |m| &m.broadcasts,           "Broadcasts published."),
+    ("cinder_deliveries_total",                 "counter", |m| &m.deliveries,           "Broadcast frames queued to subscribers."),
+    ("cinder_binary_skipped_v1_total",          "counter", |m| &m.binary_skipped_v1,    "Binary broadcasts not sent to V1 or long-poll subscribers (no binary form)."),
+    ("cinder_longpoll_sessions",                "gauge",   |m| &m.longpoll_sessions,    "Long-poll sessions open."),
+    ("cinder_longpoll_handovers_total",         "counter", |m| &m.longpoll_handovers,   "Long-poll requests moved to the shard owning their session."),
+    ("cinder_presence_diffs_total",             "counter", |m| &m.presence_diffs,       "Presence diffs sent (one per changed topic, shard and loop turn)."),
+    ("cinder_client_messages_total",            "counter", |m| &m.client_messages,      "Client messages received."),
+    ("cinder_slow_consumer_closes_total",       "counter", |m| &m.slow_consumer_closes, "Connections closed as slow consumers."),
+    ("cinder_protocol_closes_total",            "counter", |m| &m.protocol_closes,      "Connections closed for protocol errors."),
+    ("cinder_idle_closes_total",                "counter", |m| &m.idle_closes,          "Connections closed by the idle timeout."),
+    ("cinder_bytes_written_total",              "counter", |m| &m.bytes_written,        "Bytes written to sockets."),
+    ("cinder_write_calls_total",                "counter", |m| &m.write_calls,          "Vectored write calls."),
+];
+
 /// Renders all shards' counters in the Prometheus text format.
 pub fn render_prometheus(shards: &[ShardMetrics]) -> String {
-    type Field = fn(&ShardMetrics) -> &AtomicU64;
-    let rows: [(&str, &str, &str, Field); 19] = [
-        ("cinder_connections", "gauge", "Open connections.", |m| {
-            &m.connections
-        }),
-        (
-            "cinder_connections_accepted_total",
-            "counter",
-            "Connections accepted.",
-            |m| &m.accepted,
-        ),
-        (
-            "cinder_connections_refused_total",
-            "counter",
-            "Connections refused because a shard was full.",
-            |m| &m.refused,
-        ),
-        (
-            "cinder_client_events_rate_limited_total",
-            "counter",
-            "Client events refused by the per-connection rate limit.",
-            |m| &m.rate_limited,
-        ),
-        (
-            "cinder_accept_throttled_total",
-            "counter",
-            "Times a shard paused accepting because its accept rate was used up.",
-            |m| &m.accept_throttled,
-        ),
-        (
-            "cinder_websocket_upgrades_total",
-            "counter",
-            "WebSocket upgrades completed.",
-            |m| &m.websocket_upgrades,
-        ),
-        ("cinder_channels", "gauge", "Channels joined.", |m| {
-            &m.channels
-        }),
-        (
-            "cinder_broadcasts_total",
-            "counter",
-            "Broadcasts published.",
-            |m| &m.broadcasts,
-        ),
-        (
-            "cinder_deliveries_total",
-            "counter",
-            "Broadcast frames queued to subscribers.",
-            |m| &m.deliveries,
-        ),
-        (
-            "cinder_binary_skipped_v1_total",
-            "counter",
-            "Binary broadcasts not sent to V1 or long-poll subscribers (no binary form).",
-            |m| &m.binary_skipped_v1,
-        ),
-        (
-            "cinder_longpoll_sessions",
-            "gauge",
-            "Long-poll sessions open.",
-            |m| &m.longpoll_sessions,
-        ),
-        (
-            "cinder_longpoll_handovers_total",
-            "counter",
-            "Long-poll requests moved to the shard owning their session.",
-            |m| &m.longpoll_handovers,
-        ),
-        (
-            "cinder_presence_diffs_total",
-            "counter",
-            "Presence diffs sent (one per changed topic, shard and loop turn).",
-            |m| &m.presence_diffs,
-        ),
-        (
-            "cinder_client_messages_total",
-            "counter",
-            "Client messages received.",
-            |m| &m.client_messages,
-        ),
-        (
-            "cinder_slow_consumer_closes_total",
-            "counter",
-            "Connections closed as slow consumers.",
-            |m| &m.slow_consumer_closes,
-        ),
-        (
-            "cinder_protocol_closes_total",
-            "counter",
-            "Connections closed for protocol errors.",
-            |m| &m.protocol_closes,
-        ),
-        (
-            "cinder_idle_closes_total",
-            "counter",
-            "Connections closed by the idle timeout.",
-            |m| &m.idle_closes,
-        ),
-        (
-            "cinder_bytes_written_total",
-            "counter",
-            "Bytes written to sockets.",
-            |m| &m.bytes_written,
-        ),
-        (
-            "cinder_write_calls_total",
-            "counter",
-            "Vectored write calls.",
-            |m| &m.write_calls,
-        ),
-    ];
     let mut out = String::with_capacity(4096);
-    for (name, kind, help, field) in rows {
+    for (name, kind, field, help) in METRICS {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (shard, metrics) in shards.iter().enumerate() {
             let value = field(metrics).load(Ordering::Relaxed);

@@ -273,6 +273,23 @@ impl Routes {
     }
 }
 
+/// A route with no event allow-list and no presence, the fixture the route
+/// and channel tests build their tables from.
+#[cfg(test)]
+pub(crate) fn plain_route(
+    pattern: &str,
+    join: JoinPolicy,
+    client_events: ClientEventPolicy,
+) -> Route {
+    Route {
+        pattern: Pattern::parse(pattern).unwrap(),
+        join,
+        client_events,
+        events: None,
+        presence: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,13 +335,7 @@ mod tests {
 
     #[test]
     fn join_policies_use_the_identity() {
-        let route = |pattern: &str, join| Route {
-            pattern: Pattern::parse(pattern).unwrap(),
-            join,
-            client_events: ClientEventPolicy::Deny,
-            events: None,
-            presence: None,
-        };
+        let route = |pattern: &str, join| plain_route(pattern, join, ClientEventPolicy::Deny);
         let private = route("user:{user_id}", JoinPolicy::Public);
         assert!(private.may_join("user:alice", &who(Some("alice"), None)));
         assert!(!private.may_join("user:bob", &who(Some("alice"), None)));
@@ -347,20 +358,8 @@ mod tests {
     #[test]
     fn first_match_wins_and_phoenix_is_never_routed() {
         let routes = Routes::new(vec![
-            Route {
-                pattern: Pattern::parse("room:forbidden").unwrap(),
-                join: JoinPolicy::Deny,
-                client_events: ClientEventPolicy::Deny,
-                events: None,
-                presence: None,
-            },
-            Route {
-                pattern: Pattern::parse("*").unwrap(),
-                join: JoinPolicy::Public,
-                client_events: ClientEventPolicy::Broadcast,
-                events: None,
-                presence: None,
-            },
+            plain_route("room:forbidden", JoinPolicy::Deny, ClientEventPolicy::Deny),
+            plain_route("*", JoinPolicy::Public, ClientEventPolicy::Broadcast),
         ]);
         assert_eq!(routes.find("room:forbidden").unwrap().0, 0);
         assert_eq!(routes.find("room:x").unwrap().0, 1);

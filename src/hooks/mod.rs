@@ -9,45 +9,32 @@
 
 pub mod pool;
 
-use serde::Deserialize;
+use crate::config::config_section;
 
 pub use pool::{HookFailure, HookOutcome, HookPool, HookRequest};
 
-/// `[webhook]`: where the backend is and how patient to be with it.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HooksConfig {
-    /// Base URL: calls go to `{url}/connect`, `{url}/join`, `{url}/event`.
-    pub url: Option<String>,
-    /// Deadline of one call (connect, send, response).
-    pub timeout_ms: u64,
-    /// Worker threads making calls.
-    pub workers: usize,
-    /// Calls waiting for a worker; beyond it calls fail at once as
-    /// "backend overloaded" instead of queueing without bound.
-    pub queue_size: usize,
-    /// Sent as `Authorization: Bearer <secret>` so the backend can tell
-    /// Cinder's calls from anyone else's.
-    pub secret: Option<String>,
-    /// Request headers of a WebSocket upgrade passed to the connect hook.
-    pub forward_headers: Vec<String>,
-}
-
-impl Default for HooksConfig {
-    fn default() -> Self {
-        HooksConfig {
-            url: None,
-            timeout_ms: 3000,
-            workers: 4,
-            queue_size: 1024,
-            secret: None,
-            forward_headers: vec![
-                "cookie".into(),
-                "origin".into(),
-                "user-agent".into(),
-                "x-forwarded-for".into(),
-            ],
-        }
+config_section! {
+    /// `[webhook]`: where the backend is and how patient to be with it.
+    pub struct HooksConfig {
+        /// Base URL: calls go to `{url}/connect`, `{url}/join`, `{url}/event`.
+        pub url: Option<String> = None,
+        /// Deadline of one call (connect, send, response).
+        pub timeout_ms: u64 = 3000,
+        /// Worker threads making calls.
+        pub workers: usize = 4,
+        /// Calls waiting for a worker; beyond it calls fail at once as
+        /// "backend overloaded" instead of queueing without bound.
+        pub queue_size: usize = 1024,
+        /// Sent as `Authorization: Bearer <secret>` so the backend can tell
+        /// Cinder's calls from anyone else's.
+        pub secret: Option<String> = None,
+        /// Request headers of a WebSocket upgrade passed to the connect hook.
+        pub forward_headers: Vec<String> = vec![
+            "cookie".into(),
+            "origin".into(),
+            "user-agent".into(),
+            "x-forwarded-for".into(),
+        ],
     }
 }
 

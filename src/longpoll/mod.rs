@@ -1,4 +1,4 @@
-//! The long-poll transport (spec §9): what stands in for a WebSocket when a
+//! The long-poll transport: what stands in for a WebSocket when a
 //! client cannot open one.
 //!
 //! A long-poll *session* is a client of the channel layer like a WebSocket
@@ -13,31 +13,21 @@ pub mod wire;
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use crate::config::config_section;
 
-/// `[socket.longpoll]`: the long-poll endpoint `{socket.path}/longpoll`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LongPollConfig {
-    /// Whether the endpoint is served.
-    pub enabled: bool,
-    /// How long a poll with nothing to deliver is held before `204`
-    /// (Phoenix's `window_ms`). A session nobody polls for 1.5 × this long
-    /// ends.
-    pub window_ms: u64,
-    /// The HMAC key of session tokens. Unset: a random key per start, so
-    /// sessions do not survive a restart (clients open a new one, as after
-    /// any `410`).
-    pub secret: Option<String>,
-}
-
-impl Default for LongPollConfig {
-    fn default() -> Self {
-        LongPollConfig {
-            enabled: true,
-            window_ms: 10_000,
-            secret: None,
-        }
+config_section! {
+    /// `[socket.longpoll]`: the long-poll endpoint `{socket.path}/longpoll`.
+    pub struct LongPollConfig {
+        /// Whether the endpoint is served.
+        pub enabled: bool = true,
+        /// How long a poll with nothing to deliver is held before `204`
+        /// (Phoenix's `window_ms`). A session nobody polls for 1.5 × this long
+        /// ends.
+        pub window_ms: u64 = 10_000,
+        /// The HMAC key of session tokens. Unset: a random key per start, so
+        /// sessions do not survive a restart (clients open a new one, as after
+        /// any `410`).
+        pub secret: Option<String> = None,
     }
 }
 

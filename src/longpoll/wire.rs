@@ -1,4 +1,4 @@
-//! The long-poll HTTP exchange (spec §9.3), byte for byte: response bodies
+//! The long-poll HTTP exchange, byte for byte: response bodies
 //! and headers, and how a POST body becomes client messages.
 //!
 //! Every answer is HTTP 200 with the logical status in the JSON body; only

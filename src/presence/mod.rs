@@ -1,4 +1,4 @@
-//! Presence (spec §10): who is on a topic, as Phoenix's `Presence` reports it.
+//! Presence: who is on a topic, as Phoenix's `Presence` reports it.
 //!
 //! Each shard tracks the clients it owns ([`tracker::LocalPresence`]) and
 //! keeps a replica of every presence topic's full state

@@ -6,7 +6,7 @@
 //! shard carries the actions out; nothing here touches a socket, a clock or
 //! another connection, so every rule below is unit-tested directly.
 //!
-//! The rules follow Phoenix 1.8.12 (spec §6), evaluated in this order:
+//! The rules follow Phoenix 1.8.12, evaluated in this order:
 //! heartbeat → join (incl. duplicate join) → message to an unjoined topic →
 //! join_ref check (null accepted, a different non-null ref silently dropped)
 //! → leave → client event policy of the route.
@@ -222,7 +222,7 @@ impl ChannelSet {
         }
     }
 
-    /// Removes every channel silently (the connection is gone, spec §6.9),
+    /// Removes every channel silently (the connection is gone),
     /// returning the subscriptions to drop.
     pub fn close_all(&mut self) -> impl Iterator<Item = (String, SubscriptionSlot)> + '_ {
         self.channels
@@ -242,7 +242,7 @@ impl ChannelSet {
         let topic = match msg.topic.as_str() {
             Some(t) => t,
             None => {
-                // A non-string topic never matches a channel (spec §13).
+                // A non-string topic never matches a channel.
                 return self.handle_unjoined(&msg, out);
             }
         };

@@ -1,61 +1,29 @@
-//! Unit tests of the channel state machine: every rule of spec §6, no sockets.
+//! Unit tests of the channel state machine: every rule of Phoenix's channel protocol, no sockets.
 
 use super::*;
-use crate::routes::{JoinPolicy, Pattern, Route};
+use crate::routes::{plain_route, JoinPolicy, PresenceRoute, Route};
 
 fn routes() -> Routes {
     Routes::new(vec![
+        plain_route("room:forbidden", JoinPolicy::Deny, ClientEventPolicy::Deny),
+        plain_route("room:*", JoinPolicy::Public, ClientEventPolicy::Broadcast),
+        plain_route(
+            "from:*",
+            JoinPolicy::Public,
+            ClientEventPolicy::BroadcastFrom,
+        ),
+        plain_route("quiet:*", JoinPolicy::Public, ClientEventPolicy::Deny),
+        plain_route("hook:*", JoinPolicy::Webhook, ClientEventPolicy::Webhook),
         Route {
-            pattern: Pattern::parse("room:forbidden").unwrap(),
-            join: JoinPolicy::Deny,
-            client_events: ClientEventPolicy::Deny,
-            events: None,
-            presence: None,
-        },
-        Route {
-            pattern: Pattern::parse("room:*").unwrap(),
-            join: JoinPolicy::Public,
-            client_events: ClientEventPolicy::Broadcast,
-            events: None,
-            presence: None,
-        },
-        Route {
-            pattern: Pattern::parse("from:*").unwrap(),
-            join: JoinPolicy::Public,
-            client_events: ClientEventPolicy::BroadcastFrom,
-            events: None,
-            presence: None,
-        },
-        Route {
-            pattern: Pattern::parse("quiet:*").unwrap(),
-            join: JoinPolicy::Public,
-            client_events: ClientEventPolicy::Deny,
-            events: None,
-            presence: None,
-        },
-        Route {
-            pattern: Pattern::parse("hook:*").unwrap(),
-            join: JoinPolicy::Webhook,
-            client_events: ClientEventPolicy::Webhook,
-            events: None,
-            presence: None,
-        },
-        Route {
-            pattern: Pattern::parse("chat:*").unwrap(),
-            join: JoinPolicy::Public,
-            client_events: ClientEventPolicy::Broadcast,
             events: Some(vec!["msg".into(), "typing".into()]),
-            presence: None,
+            ..plain_route("chat:*", JoinPolicy::Public, ClientEventPolicy::Broadcast)
         },
         Route {
-            pattern: Pattern::parse("lobby:*").unwrap(),
-            join: JoinPolicy::Public,
-            client_events: ClientEventPolicy::Deny,
-            events: None,
-            presence: Some(crate::routes::PresenceRoute {
+            presence: Some(PresenceRoute {
                 key_field: None,
                 update_event: "presence_update".into(),
             }),
+            ..plain_route("lobby:*", JoinPolicy::Public, ClientEventPolicy::Deny)
         },
     ])
 }
@@ -64,15 +32,21 @@ fn r(s: &str) -> RawJson {
     RawJson::from_string(s)
 }
 
-fn msg(
-    join_ref: Option<&str>,
-    msg_ref: &str,
-    topic: &str,
-    event: &str,
-    payload: &str,
-) -> ClientMessage {
+/// A client message written as its five fields separated by spaces,
+/// `join_ref ref topic event payload`, the way [`describe`] writes what is
+/// sent back: `null` is a null join_ref, other refs are strings (as the JS
+/// client sends them), and the payload is the rest of the line.
+fn msg(fields: &str) -> ClientMessage {
+    let fields: Vec<&str> = fields.splitn(5, ' ').collect();
+    let [join_ref, msg_ref, topic, event, payload] = fields[..] else {
+        panic!("a message has five fields: {fields:?}");
+    };
     ClientMessage {
-        join_ref: join_ref.map_or(RawJson::null(), r),
+        join_ref: if join_ref == "null" {
+            RawJson::null()
+        } else {
+            r(join_ref)
+        },
         msg_ref: r(msg_ref),
         topic: Name::Str(topic.into()),
         event: Name::Str(event.into()),
@@ -93,6 +67,21 @@ fn run(set: &mut ChannelSet, m: ClientMessage) -> Vec<Action> {
         }
     }
     out
+}
+
+/// Runs the message written as `fields` (see [`msg`]) and describes what it
+/// did.
+fn said(set: &mut ChannelSet, fields: &str) -> Vec<String> {
+    describe(&run(set, msg(fields)))
+}
+
+/// A channel set (100 channels at most) that has sent the given joins.
+fn joined(joins: &[&str]) -> ChannelSet {
+    let mut set = ChannelSet::new(100);
+    for join in joins {
+        said(&mut set, join);
+    }
+    set
 }
 
 fn test_slot(n: usize) -> SubscriptionSlot {
@@ -142,9 +131,8 @@ fn describe(actions: &[Action]) -> Vec<String> {
 #[test]
 fn heartbeat_is_answered_with_null_join_ref() {
     let mut set = ChannelSet::new(100);
-    let out = run(&mut set, msg(None, "4", "phoenix", "heartbeat", "{}"));
     assert_eq!(
-        describe(&out),
+        said(&mut set, "null 4 phoenix heartbeat {}"),
         [r#"send null "4" phoenix phx_reply {"status":"ok","response":{}}"#]
     );
 }
@@ -152,24 +140,16 @@ fn heartbeat_is_answered_with_null_join_ref() {
 #[test]
 fn join_ok_then_leave_replies_and_closes() {
     let mut set = ChannelSet::new(100);
-    let out = run(
-        &mut set,
-        msg(Some("3"), "3", "room:lobby", "phx_join", "{}"),
-    );
     assert_eq!(
-        describe(&out),
+        said(&mut set, "3 3 room:lobby phx_join {}"),
         [
             "subscribe room:lobby",
             r#"send "3" "3" room:lobby phx_reply {"status":"ok","response":{}}"#
         ]
     );
     assert_eq!(set.len(), 1);
-    let out = run(
-        &mut set,
-        msg(Some("3"), "6", "room:lobby", "phx_leave", "{}"),
-    );
     assert_eq!(
-        describe(&out),
+        said(&mut set, "3 6 room:lobby phx_leave {}"),
         [
             "unsubscribe room:lobby",
             r#"send "3" "6" room:lobby phx_reply {"status":"ok","response":{}}"#,
@@ -181,51 +161,28 @@ fn join_ok_then_leave_replies_and_closes() {
 
 #[test]
 fn join_with_null_join_ref_uses_the_ref() {
-    let mut set = ChannelSet::new(100);
-    run(&mut set, msg(None, "5", "room:a", "phx_join", "{}"));
+    let mut set = joined(&["null 5 room:a phx_join {}"]);
     // A later message carrying "5" as join_ref is accepted.
-    let out = run(&mut set, msg(Some("5"), "6", "room:a", "new_msg", "{}"));
-    assert_eq!(describe(&out)[0], "publish room:a new_msg exclude=false");
+    let out = said(&mut set, "5 6 room:a new_msg {}");
+    assert_eq!(out[0], "publish room:a new_msg exclude=false");
 }
 
 #[test]
 fn unmatched_and_denied_joins() {
     let mut set = ChannelSet::new(100);
-    let out = run(&mut set, msg(Some("3"), "3", "nope:1", "phx_join", "{}"));
-    assert_eq!(
-        describe(&out),
-        [
-            r#"send null "3" nope:1 phx_reply {"status":"error","response":{"reason":"unmatched topic"}}"#
-        ]
-    );
-    let out = run(
-        &mut set,
-        msg(Some("4"), "4", "room:forbidden", "phx_join", "{}"),
-    );
-    assert_eq!(
-        describe(&out),
-        [
-            r#"send "4" "4" room:forbidden phx_reply {"status":"error","response":{"reason":"unauthorized"}}"#
-        ]
-    );
-    let out = run(&mut set, msg(None, "5", "phoenix", "phx_join", "{}"));
-    assert!(describe(&out)[0].contains("unmatched topic"));
+    let unmatched = r#"send null "3" nope:1 phx_reply {"status":"error","response":{"reason":"unmatched topic"}}"#;
+    assert_eq!(said(&mut set, "3 3 nope:1 phx_join {}"), [unmatched]);
+    let denied = r#"send "4" "4" room:forbidden phx_reply {"status":"error","response":{"reason":"unauthorized"}}"#;
+    assert_eq!(said(&mut set, "4 4 room:forbidden phx_join {}"), [denied]);
+    assert!(said(&mut set, "null 5 phoenix phx_join {}")[0].contains("unmatched topic"));
     assert!(set.is_empty());
 }
 
 #[test]
 fn duplicate_join_replies_to_the_new_then_closes_the_old() {
-    let mut set = ChannelSet::new(100);
-    run(
-        &mut set,
-        msg(Some("3"), "3", "room:lobby", "phx_join", "{}"),
-    );
-    let out = run(
-        &mut set,
-        msg(Some("7"), "7", "room:lobby", "phx_join", "{}"),
-    );
+    let mut set = joined(&["3 3 room:lobby phx_join {}"]);
     assert_eq!(
-        describe(&out),
+        said(&mut set, "7 7 room:lobby phx_join {}"),
         [
             "unsubscribe room:lobby",
             "subscribe room:lobby",
@@ -238,17 +195,14 @@ fn duplicate_join_replies_to_the_new_then_closes_the_old() {
 
 #[test]
 fn join_ref_rules_of_phoenix_1_8_12() {
-    let mut set = ChannelSet::new(100);
-    run(&mut set, msg(Some("3"), "3", "room:a", "phx_join", "{}"));
+    let mut set = joined(&["3 3 room:a phx_join {}"]);
     // Stale non-null join_ref: dropped silently.
-    assert!(run(&mut set, msg(Some("2"), "4", "room:a", "new_msg", "{}")).is_empty());
-    assert!(run(&mut set, msg(Some("2"), "5", "room:a", "phx_leave", "{}")).is_empty());
+    assert!(said(&mut set, "2 4 room:a new_msg {}").is_empty());
+    assert!(said(&mut set, "2 5 room:a phx_leave {}").is_empty());
     // Null join_ref: accepted.
-    let out = run(&mut set, msg(None, "6", "room:a", "new_msg", "{}"));
-    assert_eq!(describe(&out).len(), 2);
-    let out = run(&mut set, msg(None, "7", "room:a", "phx_leave", "{}"));
+    assert_eq!(said(&mut set, "null 6 room:a new_msg {}").len(), 2);
     assert_eq!(
-        describe(&out)[1],
+        said(&mut set, "null 7 room:a phx_leave {}")[1],
         r#"send "3" "7" room:a phx_reply {"status":"ok","response":{}}"#
     );
 }
@@ -256,53 +210,33 @@ fn join_ref_rules_of_phoenix_1_8_12() {
 #[test]
 fn events_on_unjoined_topics() {
     let mut set = ChannelSet::new(100);
-    let out = run(&mut set, msg(Some("3"), "9", "room:other", "new_msg", "{}"));
-    assert_eq!(
-        describe(&out),
-        [
-            r#"send null "9" room:other phx_reply {"status":"error","response":{"reason":"unmatched topic"}}"#
-        ]
-    );
-    let out = run(
-        &mut set,
-        msg(Some("3"), "6", "room:gone", "phx_leave", "{}"),
-    );
-    assert_eq!(
-        describe(&out),
-        [r#"send "3" "6" room:gone phx_reply {"status":"ok","response":{}}"#]
-    );
+    let unmatched = r#"send null "9" room:other phx_reply {"status":"error","response":{"reason":"unmatched topic"}}"#;
+    assert_eq!(said(&mut set, "3 9 room:other new_msg {}"), [unmatched]);
+    let left = r#"send "3" "6" room:gone phx_reply {"status":"ok","response":{}}"#;
+    assert_eq!(said(&mut set, "3 6 room:gone phx_leave {}"), [left]);
 }
 
 #[test]
 fn client_event_policies() {
-    let mut set = ChannelSet::new(100);
-    run(&mut set, msg(Some("1"), "1", "room:a", "phx_join", "{}"));
-    run(&mut set, msg(Some("2"), "2", "from:a", "phx_join", "{}"));
-    run(&mut set, msg(Some("3"), "3", "quiet:a", "phx_join", "{}"));
-    let out = run(
-        &mut set,
-        msg(Some("1"), "4", "room:a", "new_msg", r#"{"body":"hi"}"#),
-    );
+    let mut set = joined(&[
+        "1 1 room:a phx_join {}",
+        "2 2 from:a phx_join {}",
+        "3 3 quiet:a phx_join {}",
+    ]);
     assert_eq!(
-        describe(&out),
+        said(&mut set, r#"1 4 room:a new_msg {"body":"hi"}"#),
         [
             "publish room:a new_msg exclude=false",
             r#"send "1" "4" room:a phx_reply {"status":"ok","response":{}}"#
         ]
     );
-    let out = run(&mut set, msg(Some("2"), "5", "from:a", "new_msg", "{}"));
-    assert_eq!(describe(&out)[0], "publish from:a new_msg exclude=true");
-    let out = run(&mut set, msg(Some("3"), "6", "quiet:a", "new_msg", "{}"));
-    assert_eq!(
-        describe(&out),
-        [
-            r#"send "3" "6" quiet:a phx_reply {"status":"error","response":{"reason":"unhandled event"}}"#
-        ]
-    );
-    let out = run(&mut set, msg(Some("1"), "7", "room:a", "phx_close", "{}"));
-    assert!(describe(&out)[0].contains("reserved event"));
-    let out = run(&mut set, msg(Some("1"), "8", "room:a", "new_msg", "[1,2]"));
-    assert!(describe(&out)[0].contains("payload must be a JSON object"));
+    let out = said(&mut set, "2 5 from:a new_msg {}");
+    assert_eq!(out[0], "publish from:a new_msg exclude=true");
+    let refused = r#"send "3" "6" quiet:a phx_reply {"status":"error","response":{"reason":"unhandled event"}}"#;
+    assert_eq!(said(&mut set, "3 6 quiet:a new_msg {}"), [refused]);
+    assert!(said(&mut set, "1 7 room:a phx_close {}")[0].contains("reserved event"));
+    let out = said(&mut set, "1 8 room:a new_msg [1,2]");
+    assert!(out[0].contains("payload must be a JSON object"));
 }
 
 fn ask_of(actions: &[Action]) -> HookAsk {
@@ -318,7 +252,7 @@ fn ask_of(actions: &[Action]) -> HookAsk {
 #[test]
 fn webhook_joins_wait_for_the_backend() {
     let mut set = ChannelSet::new(100);
-    let out = run(&mut set, msg(Some("1"), "1", "hook:a", "phx_join", "{}"));
+    let out = run(&mut set, msg("1 1 hook:a phx_join {}"));
     assert_eq!(describe(&out), [r#"ask join hook:a "1""#]);
     assert!(set.is_empty(), "not joined until the backend says so");
     let ask = ask_of(&out);
@@ -337,10 +271,10 @@ fn webhook_joins_wait_for_the_backend() {
     );
     assert_eq!(set.len(), 1);
     // Events on the joined channel go to the backend too.
-    let out = run(&mut set, msg(Some("1"), "2", "hook:a", "say", r#"{"t":1}"#));
-    assert_eq!(describe(&out), ["ask event hook:a say"]);
+    let out = said(&mut set, r#"1 2 hook:a say {"t":1}"#);
+    assert_eq!(out, ["ask event hook:a say"]);
     // A denied join, and an answer arriving after the client left.
-    let out = run(&mut set, msg(Some("3"), "3", "hook:b", "phx_join", "{}"));
+    let out = run(&mut set, msg("3 3 hook:b phx_join {}"));
     let mut denied = Vec::new();
     set.finish_join(
         &ask_of(&out),
@@ -351,8 +285,8 @@ fn webhook_joins_wait_for_the_backend() {
         describe(&denied),
         [r#"send "3" "3" hook:b phx_reply {"status":"error","response":{"reason":"no"}}"#]
     );
-    let out = run(&mut set, msg(Some("4"), "4", "hook:c", "phx_join", "{}"));
-    run(&mut set, msg(Some("4"), "5", "hook:c", "phx_leave", "{}"));
+    let out = run(&mut set, msg("4 4 hook:c phx_join {}"));
+    said(&mut set, "4 5 hook:c phx_leave {}");
     let mut stale = Vec::new();
     set.finish_join(&ask_of(&out), &HookVerdict::Ok(b"{}".to_vec()), &mut stale);
     assert!(stale.is_empty(), "{:?}", describe(&stale));
@@ -361,24 +295,17 @@ fn webhook_joins_wait_for_the_backend() {
 
 #[test]
 fn an_event_allow_list_refuses_other_names() {
-    let mut set = ChannelSet::new(100);
-    run(&mut set, msg(Some("1"), "1", "chat:a", "phx_join", "{}"));
-    let out = run(&mut set, msg(Some("1"), "2", "chat:a", "typing", "{}"));
-    assert_eq!(describe(&out)[0], "publish chat:a typing exclude=false");
-    let out = run(&mut set, msg(Some("1"), "3", "chat:a", "delete_all", "{}"));
-    assert_eq!(
-        describe(&out),
-        [
-            r#"send "1" "3" chat:a phx_reply {"status":"error","response":{"reason":"unhandled event"}}"#
-        ]
-    );
+    let mut set = joined(&["1 1 chat:a phx_join {}"]);
+    let out = said(&mut set, "1 2 chat:a typing {}");
+    assert_eq!(out[0], "publish chat:a typing exclude=false");
+    let refused = r#"send "1" "3" chat:a phx_reply {"status":"error","response":{"reason":"unhandled event"}}"#;
+    assert_eq!(said(&mut set, "1 3 chat:a delete_all {}"), [refused]);
 }
 
 #[test]
 fn binary_client_pushes_are_relayed() {
-    let mut set = ChannelSet::new(100);
-    run(&mut set, msg(Some("1"), "1", "room:a", "phx_join", "{}"));
-    let mut m = msg(Some("1"), "2", "room:a", "upload", "{}");
+    let mut set = joined(&["1 1 room:a phx_join {}"]);
+    let mut m = msg("1 2 room:a upload {}");
     m.payload = Payload::Binary(vec![1, 2, 3]);
     let out = run(&mut set, m);
     assert_eq!(describe(&out)[0], "publish room:a upload exclude=false");
@@ -387,29 +314,24 @@ fn binary_client_pushes_are_relayed() {
 #[test]
 fn channel_limit() {
     let mut set = ChannelSet::new(2);
-    run(&mut set, msg(Some("1"), "1", "room:1", "phx_join", "{}"));
-    run(&mut set, msg(Some("2"), "2", "room:2", "phx_join", "{}"));
-    let out = run(&mut set, msg(Some("3"), "3", "room:3", "phx_join", "{}"));
-    assert_eq!(
-        describe(&out),
-        [
-            r#"send "3" "3" room:3 phx_reply {"status":"error","response":{"reason":"too many channels joined"}}"#
-        ]
-    );
+    said(&mut set, "1 1 room:1 phx_join {}");
+    said(&mut set, "2 2 room:2 phx_join {}");
+    let refused = r#"send "3" "3" room:3 phx_reply {"status":"error","response":{"reason":"too many channels joined"}}"#;
+    assert_eq!(said(&mut set, "3 3 room:3 phx_join {}"), [refused]);
     // Rejoining a topic already held does not count against the limit.
-    let out = run(&mut set, msg(Some("4"), "4", "room:2", "phx_join", "{}"));
-    assert!(describe(&out)[2].contains(r#""status":"ok""#));
+    let out = said(&mut set, "4 4 room:2 phx_join {}");
+    assert!(out[2].contains(r#""status":"ok""#));
 }
 
 #[test]
 fn non_string_topic_and_event() {
     let mut set = ChannelSet::new(100);
-    let mut m = msg(Some("1"), "1", "x", "phx_join", "{}");
+    let mut m = msg("1 1 x phx_join {}");
     m.topic = Name::Other(RawJson::from_json_text(b"42"));
     let out = run(&mut set, m);
     assert!(describe(&out)[0].contains("unmatched topic"));
-    run(&mut set, msg(Some("1"), "1", "room:a", "phx_join", "{}"));
-    let mut m = msg(Some("1"), "2", "room:a", "x", "{}");
+    said(&mut set, "1 1 room:a phx_join {}");
+    let mut m = msg("1 2 room:a x {}");
     m.event = Name::Other(RawJson::null());
     let out = run(&mut set, m);
     assert!(describe(&out)[0].contains("unhandled event"));
@@ -417,9 +339,7 @@ fn non_string_topic_and_event() {
 
 #[test]
 fn close_all_returns_every_subscription() {
-    let mut set = ChannelSet::new(100);
-    run(&mut set, msg(Some("1"), "1", "room:1", "phx_join", "{}"));
-    run(&mut set, msg(Some("2"), "2", "room:2", "phx_join", "{}"));
+    let mut set = joined(&["1 1 room:1 phx_join {}", "2 2 room:2 phx_join {}"]);
     let mut topics: Vec<String> = set.close_all().map(|(t, _)| t).collect();
     topics.sort();
     assert_eq!(topics, ["room:1", "room:2"]);
@@ -429,33 +349,20 @@ fn close_all_returns_every_subscription() {
 #[test]
 fn presence_routes_track_after_the_reply_and_take_updates() {
     let mut set = ChannelSet::new(10);
-    let out = run(
-        &mut set,
-        msg(Some("1"), "1", "lobby:a", "phx_join", r#"{"meta":{}}"#),
-    );
     assert_eq!(
-        describe(&out),
+        said(&mut set, r#"1 1 lobby:a phx_join {"meta":{}}"#),
         vec![
             "subscribe lobby:a",
             r#"send "1" "1" lobby:a phx_reply {"status":"ok","response":{}}"#,
             r#"track lobby:a "1""#,
         ]
     );
-    let out = run(
-        &mut set,
-        msg(
-            Some("1"),
-            "2",
-            "lobby:a",
-            "presence_update",
-            r#"{"meta":{"s":1}}"#,
-        ),
-    );
-    assert_eq!(describe(&out), vec!["update presence lobby:a"]);
+    let out = said(&mut set, r#"1 2 lobby:a presence_update {"meta":{"s":1}}"#);
+    assert_eq!(out, vec!["update presence lobby:a"]);
     // Other events keep the route's policy; routes without presence never track.
-    let out = run(&mut set, msg(Some("1"), "3", "lobby:a", "other", "{}"));
-    assert_eq!(describe(&out).len(), 1);
-    assert!(describe(&out)[0].contains("unhandled event"));
-    let out = run(&mut set, msg(Some("2"), "4", "room:a", "phx_join", "{}"));
-    assert!(!describe(&out).iter().any(|a| a.starts_with("track")));
+    let out = said(&mut set, "1 3 lobby:a other {}");
+    assert_eq!(out.len(), 1);
+    assert!(out[0].contains("unhandled event"));
+    let out = said(&mut set, "2 4 room:a phx_join {}");
+    assert!(!out.iter().any(|a| a.starts_with("track")));
 }

@@ -1,4 +1,4 @@
-//! Server→client encoding (spec §4): message bodies only, not WebSocket
+//! Server→client encoding: message bodies only, not WebSocket
 //! frames; the caller frames them (text for JSON, binary for V2 binary).
 //!
 //! Everything appends to a caller-owned buffer so a shard can reuse one
@@ -9,7 +9,7 @@ use crate::protocol::message::{
 };
 
 /// Why a server message cannot be encoded; Phoenix raises in the sender for
-/// the same cases (spec §13), so the publisher gets the error.
+/// the same cases, so the publisher gets the error.
 #[derive(thiserror::Error, Debug, PartialEq, Eq)]
 pub enum EncodeError {
     /// A binary-frame header field is longer than its one-byte length allows.
@@ -41,9 +41,14 @@ pub fn encode_text(
 ) {
     debug_assert!(!payload_json.is_empty(), "a payload must be a JSON value");
     out.reserve(payload_json.len() + event.len() + 64);
-    encode_with(out, serializer, join_ref, msg_ref, topic, event, |out| {
-        out.extend_from_slice(payload_json)
-    });
+    let envelope = Envelope {
+        serializer,
+        join_ref,
+        msg_ref,
+        topic,
+        event,
+    };
+    envelope.write(out, |out| out.extend_from_slice(payload_json));
 }
 
 /// Appends a reply payload `{"status":S,"response":R}`.
@@ -66,57 +71,65 @@ pub fn encode_reply(
     response_json: &[u8],
 ) {
     out.reserve(response_json.len() + 96);
-    encode_with(
-        out,
+    let envelope = Envelope {
         serializer,
         join_ref,
         msg_ref,
         topic,
-        "phx_reply",
-        |out| write_reply_payload(out, status, response_json),
-    );
+        event: "phx_reply",
+    };
+    envelope.write(out, |out| write_reply_payload(out, status, response_json));
 }
 
-/// The two JSON envelopes, with the payload written by `payload`.
-fn encode_with(
-    out: &mut Vec<u8>,
+/// Everything of a JSON message but its payload, which the caller writes
+/// in place (a reply builds its payload straight into the output).
+struct Envelope<'a> {
     serializer: Serializer,
-    join_ref: &RawJson,
-    msg_ref: &RawJson,
-    topic: &Name,
-    event: &str,
-    payload: impl FnOnce(&mut Vec<u8>),
-) {
-    match serializer {
-        Serializer::V2 => {
-            out.push(b'[');
-            out.extend_from_slice(join_ref.as_bytes());
-            out.push(b',');
-            out.extend_from_slice(msg_ref.as_bytes());
-            out.push(b',');
-            topic.write_json(out);
-            out.push(b',');
-            write_json_string(out, event);
-            out.push(b',');
-            payload(out);
-            out.push(b']');
-        }
-        Serializer::V1 => {
-            out.extend_from_slice(b"{\"topic\":");
-            topic.write_json(out);
-            out.extend_from_slice(b",\"event\":");
-            write_json_string(out, event);
-            out.extend_from_slice(b",\"payload\":");
-            payload(out);
-            out.extend_from_slice(b",\"ref\":");
-            out.extend_from_slice(msg_ref.as_bytes());
-            out.push(b'}');
+    join_ref: &'a RawJson,
+    msg_ref: &'a RawJson,
+    topic: &'a Name,
+    event: &'a str,
+}
+
+impl Envelope<'_> {
+    /// Appends the message in the serializer's envelope, with the payload
+    /// written by `payload`.
+    fn write(&self, out: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
+        // Both envelopes hold topic, event and payload in that order. V2
+        // puts the refs first and separates with bare commas; V1 labels
+        // every field and puts the ref last.
+        let (before_event, before_payload): (&[u8], &[u8]) = match self.serializer {
+            Serializer::V2 => {
+                out.push(b'[');
+                out.extend_from_slice(self.join_ref.as_bytes());
+                out.push(b',');
+                out.extend_from_slice(self.msg_ref.as_bytes());
+                out.push(b',');
+                (b",", b",")
+            }
+            Serializer::V1 => {
+                out.extend_from_slice(b"{\"topic\":");
+                (b",\"event\":", b",\"payload\":")
+            }
+        };
+        self.topic.write_json(out);
+        out.extend_from_slice(before_event);
+        write_json_string(out, self.event);
+        out.extend_from_slice(before_payload);
+        payload(out);
+        match self.serializer {
+            Serializer::V2 => out.push(b']'),
+            Serializer::V1 => {
+                out.extend_from_slice(b",\"ref\":");
+                out.extend_from_slice(self.msg_ref.as_bytes());
+                out.push(b'}');
+            }
         }
     }
 }
 
 /// Checks that a JSON push or broadcast payload is an object, the only JSON
-/// payload Phoenix will send (spec §4.2); call it at publish time.
+/// payload Phoenix will send; call it at publish time.
 pub fn check_push_payload(payload_json: &[u8]) -> Result<(), EncodeError> {
     match first_non_whitespace(payload_json) {
         Some(b'{') => Ok(()),

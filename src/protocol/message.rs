@@ -1,10 +1,10 @@
-//! The Phoenix message model (spec §3): the five fields of a message, the
+//! The Phoenix message model: the five fields of a message, the
 //! serializer a connection negotiated, and the JSON string escaper that the
 //! encoder and decoder share.
 
 use smallvec::SmallVec;
 
-/// Which serializer a connection negotiated via `vsn` (spec §2.3, §4).
+/// Which serializer a connection negotiated via `vsn`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Serializer {
     /// `vsn` absent or `1.0.x`: JSON objects, no binary frames.
@@ -79,7 +79,7 @@ impl RawJson {
 }
 
 /// A topic or event field: normally a string, but a client may send any JSON
-/// value (spec §13: such a topic never matches a channel, yet it must be
+/// value (such a topic never matches a channel, yet it must be
 /// echoed in the reply).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Name {
@@ -118,7 +118,7 @@ pub enum Payload {
 
 impl Payload {
     /// Whether this is a JSON object: the only JSON payload Phoenix lets a
-    /// push or broadcast carry (spec §4.2).
+    /// push or broadcast carry.
     pub fn is_json_object(&self) -> bool {
         match self {
             Payload::Json(text) => first_non_whitespace(text) == Some(b'{'),
@@ -153,17 +153,16 @@ pub struct ClientMessage {
 /// Where JSON text is written: a `Vec` for messages, an inline buffer for
 /// refs. Lets one escaper and one value writer serve both.
 pub(crate) trait ByteSink {
-    /// Appends one byte.
-    fn push_byte(&mut self, b: u8);
     /// Appends bytes.
     fn push_bytes(&mut self, bytes: &[u8]);
+    /// Appends one byte.
+    #[inline]
+    fn push_byte(&mut self, b: u8) {
+        self.push_bytes(std::slice::from_ref(&b));
+    }
 }
 
 impl ByteSink for Vec<u8> {
-    #[inline]
-    fn push_byte(&mut self, b: u8) {
-        self.push(b);
-    }
     #[inline]
     fn push_bytes(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
@@ -171,10 +170,6 @@ impl ByteSink for Vec<u8> {
 }
 
 impl<const N: usize> ByteSink for SmallVec<[u8; N]> {
-    #[inline]
-    fn push_byte(&mut self, b: u8) {
-        self.push(b);
-    }
     #[inline]
     fn push_bytes(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);

@@ -3,10 +3,10 @@
 //! | file | what lives there |
 //! | --- | --- |
 //! | [`message`] | the message model: [`message::ClientMessage`], refs kept as raw JSON, topic/event names, payloads, the serializer enum, the JSON string escaper |
-//! | [`vsn`] | `vsn` negotiation: which serializer a connection speaks (spec §2.3) |
-//! | [`decode`] | client→server frames: V1 objects, V2 arrays, V2 binary pushes (spec §4, §13) |
-//! | [`encode`] | server→client bodies: V1/V2 JSON text and the three V2 binary kinds (spec §4) |
-//! | [`channels`] | the sans-IO channel state machine (join, leave, heartbeat, replies; spec §6), fed decoded messages and returning actions |
+//! | [`vsn`] | `vsn` negotiation: which serializer a connection speaks |
+//! | [`decode`] | client→server frames: V1 objects, V2 arrays, V2 binary pushes |
+//! | [`encode`] | server→client bodies: V1/V2 JSON text and the three V2 binary kinds |
+//! | [`channels`] | the sans-IO channel state machine (join, leave, heartbeat, replies), fed decoded messages and returning actions |
 //!
 //! Nothing here touches a socket: the shard decodes a frame's bytes with
 //! [`decode`], hands the message to [`channels`], and frames what [`encode`]

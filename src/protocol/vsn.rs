@@ -1,4 +1,4 @@
-//! `vsn` negotiation (spec §2.3): which serializer a connection speaks.
+//! `vsn` negotiation: which serializer a connection speaks.
 //!
 //! Phoenix parses `vsn` with Elixir's `Version` (strict SemVer 2.0.0) and
 //! matches it against `~> 1.0.0` and `~> 2.0.0`. This module does the same

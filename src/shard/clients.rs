@@ -115,38 +115,13 @@ impl Clients {
         self.slab.try_remove(id.0)
     }
 
-    /// The client `id`.
-    #[inline]
-    pub fn get(&self, id: ClientId) -> Option<&Client> {
-        self.slab.get(id.0)
-    }
-
-    /// The client `id`, mutably.
-    #[inline]
-    pub fn get_mut(&mut self, id: ClientId) -> Option<&mut Client> {
-        self.slab.get_mut(id.0)
-    }
-
     /// The client `id` if it still has serial `serial`.
     pub fn get_current(&mut self, id: ClientId, serial: u64) -> Option<&mut Client> {
         self.get_mut(id).filter(|c| c.serial == serial)
     }
-
-    /// Number of clients.
-    pub fn len(&self) -> usize {
-        self.slab.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.slab.is_empty()
-    }
-
-    /// Every client with its id.
-    pub fn iter(&self) -> impl Iterator<Item = (ClientId, &Client)> {
-        self.slab.iter().map(|(k, c)| (ClientId(k), c))
-    }
 }
+
+super::table::keyed_lookups!(Clients, ClientId, Client);
 
 /// The shard's sinks, borrowed for one delivery or one reply: what queues a
 /// message on a client, whichever transport carries it.

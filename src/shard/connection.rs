@@ -167,7 +167,7 @@ impl Connections {
         let entry = self.slab.vacant_entry();
         let key = entry.key();
         registry.register(
-            &mut connection.stream,
+            connection.stream.socket_mut(),
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         )?;
@@ -181,35 +181,8 @@ impl Connections {
     /// Deregisters and removes a connection.
     pub fn remove(&mut self, registry: &Registry, key: ConnectionKey) -> Option<Connection> {
         let mut connection = self.slab.try_remove(key.0)?;
-        let _ = registry.deregister(&mut connection.stream);
+        let _ = registry.deregister(connection.stream.socket_mut());
         Some(connection)
-    }
-
-    /// The connection at `key`.
-    #[inline]
-    pub fn get(&self, key: ConnectionKey) -> Option<&Connection> {
-        self.slab.get(key.0)
-    }
-
-    /// The connection at `key`, mutably.
-    #[inline]
-    pub fn get_mut(&mut self, key: ConnectionKey) -> Option<&mut Connection> {
-        self.slab.get_mut(key.0)
-    }
-
-    /// Number of connections.
-    pub fn len(&self) -> usize {
-        self.slab.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.slab.is_empty()
-    }
-
-    /// Every connection with its key.
-    pub fn iter(&self) -> impl Iterator<Item = (ConnectionKey, &Connection)> {
-        self.slab.iter().map(|(k, c)| (ConnectionKey(k), c))
     }
 
     /// Puts a connection on this turn's flush list (once).
@@ -299,6 +272,8 @@ impl Connections {
         self.flush_list = list;
     }
 }
+
+super::table::keyed_lookups!(Connections, ConnectionKey, Connection);
 
 #[cfg(test)]
 mod tests {

@@ -33,16 +33,20 @@ pub enum HookKind {
 #[derive(Debug)]
 pub enum HookAnswer {
     /// The connect decision for a parked connect request.
-    Connect {
-        /// The connection that asked.
-        connection: ConnectionKey,
-        /// Its serial number (guards against key reuse).
-        serial: u64,
-        /// The backend's answer.
-        outcome: HookOutcome,
-    },
+    Connect(ConnectAnswer),
     /// A join or client event decision.
     Channel(Box<ChannelAnswer>),
+}
+
+/// The backend's answer to a parked connect request.
+#[derive(Debug)]
+pub struct ConnectAnswer {
+    /// The connection that asked.
+    pub connection: ConnectionKey,
+    /// Its serial number (guards against key reuse).
+    pub serial: u64,
+    /// The backend's answer.
+    pub outcome: HookOutcome,
 }
 
 /// The backend's answer to a join or client event.
@@ -111,12 +115,13 @@ impl Shard {
             body,
             idempotent: true,
         };
-        self.hooks
-            .submit(request, move |outcome| HookAnswer::Connect {
+        self.hooks.submit(request, move |outcome| {
+            HookAnswer::Connect(ConnectAnswer {
                 connection: key,
                 serial,
                 outcome,
-            });
+            })
+        });
     }
 
     /// Sends a join or event `ask` of client `id` to the backend.
@@ -153,11 +158,7 @@ impl Shard {
     /// Acts on a backend answer (the hooks component's inbox message).
     pub(super) fn on_hook_answer(&mut self, answer: HookAnswer, now: Instant) {
         match answer {
-            HookAnswer::Connect {
-                connection,
-                serial,
-                outcome,
-            } => self.on_connect_answer(connection, serial, &outcome, now),
+            HookAnswer::Connect(answer) => self.on_connect_answer(answer, now),
             HookAnswer::Channel(answer) => self.on_channel_answer(*answer, now),
         }
     }
@@ -166,23 +167,18 @@ impl Shard {
     /// may name `user_id` and `channels`); 401/403 refuse with 403 and the
     /// body's `reason`; anything else, or no answer, refuses with 503 so
     /// the client retries later.
-    fn on_connect_answer(
-        &mut self,
-        key: ConnectionKey,
-        serial: u64,
-        outcome: &HookOutcome,
-        now: Instant,
-    ) {
+    fn on_connect_answer(&mut self, answer: ConnectAnswer, now: Instant) {
+        let key = answer.connection;
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
-        if conn.serial != serial || !matches!(conn.phase, Phase::Authorizing(_)) {
+        if conn.serial != answer.serial || !matches!(conn.phase, Phase::Authorizing(_)) {
             return;
         }
         let Phase::Authorizing(pending) = std::mem::replace(&mut conn.phase, Phase::Http) else {
             return;
         };
-        let admitted = match (&self.config.connect, outcome) {
+        let admitted = match (&self.config.connect, &answer.outcome) {
             (ConnectPolicy::Webhook(policy), HookOutcome::Response { status, body })
                 if (200..300).contains(status) =>
             {
@@ -361,38 +357,38 @@ mod tests {
         }
     }
 
+    fn refused(reason: &str) -> HookVerdict {
+        HookVerdict::Error(format!(r#"{{"reason":"{reason}"}}"#).into_bytes())
+    }
+
     #[test]
     fn backend_answers_become_verdicts() {
-        let (v, _) = verdict_of(
-            HookKind::Join,
-            &response(200, r#"{"response":{"color":"red"}}"#),
-        );
-        assert_eq!(v, HookVerdict::Ok(br#"{"color":"red"}"#.to_vec()));
-        let (v, _) = verdict_of(HookKind::Join, &response(403, ""));
-        assert_eq!(
-            v,
-            HookVerdict::Error(br#"{"reason":"unauthorized"}"#.to_vec())
-        );
-        let (v, _) = verdict_of(
-            HookKind::Join,
-            &response(403, r#"{"response":{"reason":"banned"}}"#),
-        );
-        assert_eq!(v, HookVerdict::Error(br#"{"reason":"banned"}"#.to_vec()));
-        let (v, _) = verdict_of(HookKind::Join, &response(500, "oops"));
-        assert_eq!(
-            v,
-            HookVerdict::Error(br#"{"reason":"backend error"}"#.to_vec())
-        );
+        let ok = |text: &str| HookVerdict::Ok(text.as_bytes().to_vec());
+        let joins = [
+            (
+                200,
+                r#"{"response":{"color":"red"}}"#,
+                ok(r#"{"color":"red"}"#),
+            ),
+            (403, "", refused("unauthorized")),
+            (
+                403,
+                r#"{"response":{"reason":"banned"}}"#,
+                refused("banned"),
+            ),
+            (500, "oops", refused("backend error")),
+        ];
+        for (status, body, expected) in joins {
+            let (v, _) = verdict_of(HookKind::Join, &response(status, body));
+            assert_eq!(v, expected, "{status} {body}");
+        }
         let (v, b) = verdict_of(
             HookKind::Event,
             &response(200, r#"{"reply":{"id":7},"broadcast":{"payload":{"x":1}}}"#),
         );
-        assert_eq!(v, HookVerdict::Ok(br#"{"id":7}"#.to_vec()));
+        assert_eq!(v, ok(r#"{"id":7}"#));
         assert_eq!(b, Some((None, Payload::Json(br#"{"x":1}"#.to_vec()))));
         let (v, _) = verdict_of(HookKind::Event, &HookOutcome::Failed(HookFailure::Timeout));
-        assert_eq!(
-            v,
-            HookVerdict::Error(br#"{"reason":"backend timeout"}"#.to_vec())
-        );
+        assert_eq!(v, refused("backend timeout"));
     }
 }

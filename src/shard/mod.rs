@@ -42,6 +42,7 @@ pub mod inbox;
 pub mod longpoll;
 pub mod outbox;
 pub mod presence;
+mod table;
 mod websocket;
 
 use std::io::{self, Read};

@@ -78,31 +78,26 @@ mod tests {
 
     #[test]
     fn decodes_like_plug() {
-        assert_eq!(
-            pairs("token=a%20b&user%5Bid%5D=1&vsn=2.0.0"),
-            vec![
-                ("token".into(), "a b".into()),
-                ("user[id]".into(), "1".into()),
-                ("vsn".into(), "2.0.0".into())
-            ]
-        );
-        assert_eq!(
-            pairs("&b=1&&flag&"),
-            vec![("b".into(), "1".into()), ("flag".into(), String::new())]
-        );
-        assert_eq!(
-            pairs("a=x+y&b=%zz&c=%4"),
-            vec![
-                ("a".into(), "x y".into()),
-                ("b".into(), "%zz".into()),
-                ("c".into(), "%4".into())
-            ]
-        );
-        assert_eq!(
-            pairs("e=%C3%A9&bad=%FF"),
-            vec![("e".into(), "é".into()), ("bad".into(), "\u{fffd}".into())]
-        );
-        assert!(pairs("").is_empty());
+        let cases: [(&str, &[(&str, &str)]); 5] = [
+            (
+                "token=a%20b&user%5Bid%5D=1&vsn=2.0.0",
+                &[("token", "a b"), ("user[id]", "1"), ("vsn", "2.0.0")],
+            ),
+            ("&b=1&&flag&", &[("b", "1"), ("flag", "")]),
+            (
+                "a=x+y&b=%zz&c=%4",
+                &[("a", "x y"), ("b", "%zz"), ("c", "%4")],
+            ),
+            ("e=%C3%A9&bad=%FF", &[("e", "é"), ("bad", "\u{fffd}")]),
+            ("", &[]),
+        ];
+        for (query, expected) in cases {
+            let expected: Vec<(String, String)> = expected
+                .iter()
+                .map(|&(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            assert_eq!(pairs(query), expected, "{query:?}");
+        }
     }
 
     #[test]

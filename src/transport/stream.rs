@@ -9,9 +9,7 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
 
-use mio::event::Source;
 use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
 
 /// A connection's byte stream.
 #[derive(Debug)]
@@ -35,6 +33,15 @@ impl Stream {
             Stream::Plain(socket) => {
                 let _ = socket.shutdown(Shutdown::Write);
             }
+        }
+    }
+
+    /// The TCP socket under the stream, to register with a poll. Readiness
+    /// is always the socket's, whatever the variant: a TLS stream would wrap
+    /// the same socket.
+    pub fn socket_mut(&mut self) -> &mut TcpStream {
+        match self {
+            Stream::Plain(socket) => socket,
         }
     }
 }
@@ -64,35 +71,5 @@ impl Write for Stream {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-impl Source for Stream {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        match self {
-            Stream::Plain(socket) => socket.register(registry, token, interests),
-        }
-    }
-
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interests: Interest,
-    ) -> io::Result<()> {
-        match self {
-            Stream::Plain(socket) => socket.reregister(registry, token, interests),
-        }
-    }
-
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        match self {
-            Stream::Plain(socket) => socket.deregister(registry),
-        }
     }
 }

@@ -1,0 +1,74 @@
+//! `[[channel]]` tables: the routes as written, compiled into [`Routes`].
+
+use serde::Deserialize;
+
+use super::ConfigError;
+use crate::routes::{ClientEventPolicy, JoinPolicy, Pattern, PresenceRoute, Route, Routes};
+
+/// One `[[channel]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RouteEntry {
+    pattern: String,
+    join: JoinPolicy,
+    #[serde(default)]
+    client_events: ClientEventPolicy,
+    #[serde(default)]
+    events: Option<Vec<String>>,
+    #[serde(default)]
+    presence: bool,
+    #[serde(default)]
+    presence_key: Option<String>,
+    #[serde(default)]
+    presence_event: Option<String>,
+}
+
+/// The route table of the `[[channel]]` entries, in order; with none, the
+/// open default (every topic public, client events broadcast).
+pub(super) fn compile_routes(entries: Vec<RouteEntry>) -> Result<Routes, ConfigError> {
+    if entries.is_empty() {
+        return Ok(Routes::open_default());
+    }
+    let mut routes = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        routes.push(entry.compile(i)?);
+    }
+    Ok(Routes::new(routes))
+}
+
+impl RouteEntry {
+    /// The route of entry `i` (errors name `channel[i]`).
+    fn compile(self, i: usize) -> Result<Route, ConfigError> {
+        let pattern = Pattern::parse(&self.pattern)
+            .map_err(|problem| ConfigError::invalid(format!("channel[{i}].pattern"), problem))?;
+        if !self.presence && (self.presence_key.is_some() || self.presence_event.is_some()) {
+            return Err(ConfigError::invalid(
+                format!("channel[{i}]"),
+                "presence_key and presence_event need presence = true",
+            ));
+        }
+        if self.presence_key.as_deref() == Some("")
+            || self.presence_event.as_deref().is_some_and(|e| {
+                e.is_empty() || e.starts_with("phx_") || e.starts_with("presence_diff")
+            })
+        {
+            return Err(ConfigError::invalid(
+                format!("channel[{i}]"),
+                "presence_key must not be empty, presence_event must not be empty or reserved",
+            ));
+        }
+        let presence = self.presence.then(|| PresenceRoute {
+            key_field: self.presence_key,
+            update_event: self
+                .presence_event
+                .unwrap_or_else(|| "presence_update".to_string()),
+        });
+        Ok(Route {
+            pattern,
+            join: self.join,
+            client_events: self.client_events,
+            events: self.events,
+            presence,
+        })
+    }
+}
