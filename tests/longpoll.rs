@@ -297,7 +297,7 @@ fn a_single_frame_post_and_a_malformed_line() {
 #[test]
 fn connect_policy_refusals_forced_disconnect_and_the_buffer_limit() {
     let server = TestServer::start(
-        "[socket]\nsend_buffer_limit = 4096\n[socket.auth]\nmode = \"jwt\"\nsecret = \"lp-secret\"\n",
+        "[socket]\nsend_buffer_limit = 4096\nslow_consumer_timeout_ms = 200\n[socket.auth]\nmode = \"jwt\"\nsecret = \"lp-secret\"\n",
     );
     let token_for = |sub: &str| {
         let claims = cinder::auth::Claims {
@@ -335,8 +335,8 @@ fn connect_policy_refusals_forced_disconnect_and_the_buffer_limit() {
         post(&server, &alice, &[r#"["1","1","room:d","phx_join",{}]"#])["status"],
         410
     );
-    // Bob joins, then lets more than the buffer limit pile up: his session
-    // is ended as a slow consumer.
+    // Bob joins, then lets more than the buffer limit pile up and does not
+    // poll it away: his session is ended as a slow consumer.
     assert_eq!(
         post(&server, &bob, &[r#"["1","1","room:d","phx_join",{}]"#])["status"],
         200
@@ -347,7 +347,11 @@ fn connect_policy_refusals_forced_disconnect_and_the_buffer_limit() {
             r#"{{"topic":"room:d","event":"big","payload":{{"x":"{big}"}}}}"#
         ));
     }
-    std::thread::sleep(Duration::from_millis(100));
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while server.metric("cinder_slow_consumer_closes_total") == 0 {
+        assert!(std::time::Instant::now() < deadline, "never closed as slow");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(server.metric("cinder_slow_consumer_closes_total"), 1);
     // The gone session's token no longer works: the GET opens a new session
     // (with the client's auth token, as the JS client sends it every time).

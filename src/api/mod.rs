@@ -239,6 +239,7 @@ mod tests {
             headers: Vec::new(),
             body: body.as_bytes().to_vec(),
             keep_alive: true,
+            minor_version: 1,
         }
     }
 

@@ -43,9 +43,19 @@ config_section! {
         pub max_message_size: usize = 1024 * 1024,
         /// Channels one connection may have joined at once.
         pub max_channels: usize = 100,
-        /// Unsent bytes one connection may have queued before it is closed as a
-        /// slow consumer (1008). Bounds memory whatever clients do.
+        /// Unsent bytes a client may keep queued: above this it must drain.
+        /// A client whose unsent bytes stay above it for
+        /// `slow_consumer_timeout_ms` is a slow consumer and is closed (1008);
+        /// one burst that it reads at once is not.
         pub send_buffer_limit: usize = 1024 * 1024,
+        /// How long a client may stay above `send_buffer_limit` without
+        /// draining below it before it is closed as a slow consumer.
+        pub slow_consumer_timeout_ms: u64 = 5_000,
+        /// Unsent bytes no client may exceed even for a moment: over it, it is
+        /// closed at once (1008). Bounds memory whatever clients do; at least
+        /// what one API request can queue (`api.max_body_size` plus 64 bytes
+        /// of framing per message of `api.max_batch`) above `send_buffer_limit`.
+        pub send_buffer_max: usize = 32 * 1024 * 1024,
         /// Client events (pushes other than join, leave and heartbeat) one
         /// connection may send per second; 0 turns the limit off. Excess events
         /// get `{"reason":"rate limited"}`; a connection that keeps sending at

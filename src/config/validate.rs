@@ -67,9 +67,36 @@ impl Config {
             }
         }
         at_least("api.max_batch", api.max_batch, 1)?;
-        at_least("api.max_body_size", api.max_body_size, 1024)
+        at_least("api.max_body_size", api.max_body_size, 1024)?;
+        at_least(
+            "socket.slow_consumer_timeout_ms",
+            socket.slow_consumer_timeout_ms,
+            100,
+        )?;
+        // One legal publish must never make a client that reads as fast as
+        // it can look slow: the hard cap holds a whole batch on top of the
+        // backlog a client may keep.
+        let one_batch = api
+            .max_body_size
+            .saturating_add(api.max_batch.saturating_mul(FRAMING_PER_MESSAGE));
+        let needed = socket.send_buffer_limit.saturating_add(one_batch);
+        if socket.send_buffer_max < needed {
+            return Err(ConfigError::invalid(
+                "socket.send_buffer_max",
+                format!(
+                    "must be at least {needed}: send_buffer_limit plus one API batch \
+                     (api.max_body_size + {FRAMING_PER_MESSAGE} bytes per message of api.max_batch)"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
+
+/// The most bytes a broadcast's frame adds to its payload, topic and event
+/// (the WebSocket header and the V1 object's keys), which all come from
+/// the request body.
+const FRAMING_PER_MESSAGE: usize = 64;
 
 /// Refuses `value` below `min`: "must be at least {min}".
 fn at_least<T: PartialOrd + Display>(key: &str, value: T, min: T) -> Result<(), ConfigError> {

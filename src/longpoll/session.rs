@@ -108,6 +108,9 @@ pub struct Due {
     pub post: bool,
     /// Nobody polled for the session timeout: end the session.
     pub expired: bool,
+    /// The buffer stayed over the send buffer limit for the slow-consumer
+    /// timeout: end the session as a slow consumer.
+    pub slow: bool,
 }
 
 /// A long-poll session between requests: its buffered messages, the
@@ -130,6 +133,9 @@ pub struct LongPollSession {
     pub last_poll: Instant,
     /// Whether the session is on the shard's list of polls to answer.
     pub ready: bool,
+    /// Since when the buffer has been over the send buffer limit (a poll
+    /// that takes the messages ends it): how long the client has not drained.
+    pub backlog_since: Option<Instant>,
 }
 
 impl LongPollSession {
@@ -143,6 +149,7 @@ impl LongPollSession {
             pending_asks: 0,
             last_poll: now,
             ready: false,
+            backlog_since: None,
         }
     }
 
@@ -216,9 +223,13 @@ impl LongPollSession {
         Some(held)
     }
 
-    /// What is due at `now`, given the session timeout.
-    pub fn due(&self, now: Instant, timeout: Duration) -> Due {
+    /// What is due at `now`, given the session timeout and the slow-consumer
+    /// timeout.
+    pub fn due(&self, now: Instant, timeout: Duration, slow_after: Duration) -> Due {
         Due {
+            slow: self
+                .backlog_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= slow_after),
             poll: self.poll.is_some_and(|p| now >= p.deadline),
             post: self.post.as_ref().is_some_and(|(p, _)| now >= p.deadline),
             expired: self.poll.is_none() && now.saturating_duration_since(self.last_poll) > timeout,
@@ -330,21 +341,28 @@ mod tests {
         let mut session = LongPollSession::new("tok".into(), t0);
         session.hold_poll(held(1, t0 + window), t0);
         session.hold_post(held(2, t0 + window), vec![]);
-        assert_eq!(session.due(t0, timeout), Due::default());
+        assert_eq!(session.due(t0, timeout, window), Due::default());
         assert_eq!(
-            session.due(t0 + window, timeout),
+            session.due(t0 + window, timeout, window),
             Due {
                 poll: true,
                 post: true,
-                expired: false
+                expired: false,
+                slow: false
             }
         );
         session.take_poll(t0 + window);
         let later = t0 + window + timeout + Duration::from_millis(1);
         assert!(
-            session.due(later, timeout).expired,
+            session.due(later, timeout, window).expired,
             "no poll for 1.5 windows"
         );
-        assert!(!session.due(t0 + window + timeout, timeout).expired);
+        assert!(!session.due(t0 + window + timeout, timeout, window).expired);
+        session.backlog_since = Some(t0);
+        assert!(!session.due(t0 + window / 2, timeout, window).slow);
+        assert!(
+            session.due(t0 + window, timeout, window).slow,
+            "over the limit for the whole timeout"
+        );
     }
 }

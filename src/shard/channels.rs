@@ -171,11 +171,19 @@ impl Shard {
         match self.clients.get(id).map(|c| &c.sink) {
             Some(Sink::WebSocket(connection)) => {
                 let connection = *connection;
-                self.relieve_or_close(connection, now);
+                self.on_backlog(connection, now);
             }
             Some(Sink::LongPoll(_)) => {
-                ShardMetrics::add(&self.metrics().slow_consumer_closes, 1);
-                self.end_session(id, "slow consumer", now);
+                let max = self.config.socket.send_buffer_max;
+                let Some(session) = self.clients.get_mut(id).and_then(|c| c.longpoll()) else {
+                    return;
+                };
+                if session.buffer.bytes() > max {
+                    self.end_slow_session(id, now);
+                } else {
+                    // Slow only if no poll drains it in time (the tick checks).
+                    session.backlog_since.get_or_insert(now);
+                }
             }
             None => {}
         }

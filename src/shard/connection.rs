@@ -20,6 +20,7 @@ use super::outbox::{FlushStats, Flushed, Outbox};
 use crate::fanout::topics::ClientId;
 use crate::protocol::message::Serializer;
 use crate::transport::frame::FrameDecoder;
+use crate::transport::http::RequestParser;
 use crate::transport::stream::Stream;
 
 /// A connection's key in its shard's table, which is also its mio token.
@@ -61,11 +62,29 @@ pub struct WebSocketPhase {
     pub client: ClientId,
 }
 
+/// The HTTP state of a connection, between and during requests.
+#[derive(Debug, Default)]
+pub struct HttpPhase {
+    /// The request being parsed (its body is taken as it arrives).
+    pub parser: RequestParser,
+    /// When the request in progress began to arrive. The whole request —
+    /// head and body — must arrive within `server.http_idle_timeout_ms`,
+    /// however it dribbles in.
+    pub request_started: Option<Instant>,
+}
+
+impl Phase {
+    /// Reading HTTP requests, none in progress.
+    pub fn http() -> Phase {
+        Phase::Http(HttpPhase::default())
+    }
+}
+
 /// Where a connection is in its life.
 #[derive(Debug)]
 pub enum Phase {
     /// Reading HTTP requests (keep-alive allowed).
-    Http,
+    Http(HttpPhase),
     /// A valid connect request waits for the backend's decision; nothing
     /// has been answered yet.
     Authorizing(Box<PendingUpgrade>),
@@ -103,6 +122,9 @@ pub struct Connection {
     pub last_active: Instant,
     /// Whether the key is already in the flush list this turn.
     pub flush_scheduled: bool,
+    /// Since when the unsent bytes have been above `socket.send_buffer_limit`
+    /// (cleared when a flush brings them under): how long it has not drained.
+    pub backlog_since: Option<Instant>,
     /// Unique per shard: tells this connection from a later one that reuses
     /// its key (backend answers and held requests arrive late).
     pub serial: u64,
@@ -114,11 +136,12 @@ impl Connection {
         Connection {
             stream,
             peer,
-            phase: Phase::Http,
+            phase: Phase::http(),
             pending_input: Vec::new(),
             outbox: Outbox::default(),
             last_active: now,
             flush_scheduled: false,
+            backlog_since: None,
             serial: 0,
         }
     }
@@ -146,15 +169,18 @@ pub struct Connections {
     flush_list: Vec<ConnectionKey>,
     /// Serial number of the last connection added.
     last_serial: u64,
+    /// `socket.send_buffer_limit`: a flush that gets under it ends a backlog.
+    send_buffer_limit: usize,
 }
 
 impl Connections {
     /// An empty table with room for `capacity` connections.
-    pub fn with_capacity(capacity: usize) -> Connections {
+    pub fn new(capacity: usize, send_buffer_limit: usize) -> Connections {
         Connections {
             slab: Slab::with_capacity(capacity),
             flush_list: Vec::new(),
             last_serial: 0,
+            send_buffer_limit,
         }
     }
 
@@ -240,6 +266,9 @@ impl Connections {
             return Ok(Flushed::All);
         };
         let flushed = connection.outbox.flush(&mut connection.stream, stats)?;
+        if connection.outbox.queued_bytes() <= self.send_buffer_limit {
+            connection.backlog_since = None;
+        }
         if flushed == Flushed::All {
             if let Phase::Closing { write_shut, .. } = &mut connection.phase {
                 if !*write_shut {

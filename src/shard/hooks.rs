@@ -175,7 +175,7 @@ impl Shard {
         if conn.serial != answer.serial || !matches!(conn.phase, Phase::Authorizing(_)) {
             return;
         }
-        let Phase::Authorizing(pending) = std::mem::replace(&mut conn.phase, Phase::Http) else {
+        let Phase::Authorizing(pending) = std::mem::replace(&mut conn.phase, Phase::http()) else {
             return;
         };
         let admitted = match (&self.config.connect, &answer.outcome) {

@@ -3,15 +3,16 @@
 
 use std::time::Instant;
 
-use super::connection::ConnectionKey;
+use super::connection::{ConnectionKey, Phase};
 use super::inbox::ShardMessage;
 use super::Shard;
 use crate::api::{self, ApiHost, ApiSettings};
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::Content;
-use crate::transport::http::{
-    parse_request, write_json_error, write_response, HttpLimits, Parsed, Request,
-};
+use crate::transport::http::{write_json_error, write_response, HttpLimits, Parsed, Request};
+
+/// The interim answer to `Expect: 100-continue`: send the body.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Largest request head accepted (request line and headers).
 const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -64,9 +65,25 @@ impl Shard {
             max_header_bytes: MAX_HEADER_BYTES,
             max_body_bytes: self.config.api.max_body_size,
         };
-        let (request, consumed) = match parse_request(input, &limits) {
-            Ok(Parsed::Incomplete) => return 0,
-            Ok(Parsed::Complete { request, consumed }) => (request, consumed),
+        let Some(Phase::Http(http)) = self.connections.get_mut(key).map(|c| &mut c.phase) else {
+            return input.len();
+        };
+        // The request's deadline counts from its first byte.
+        http.request_started.get_or_insert(now);
+        let (request, consumed) = match http.parser.parse(input, &limits) {
+            Ok(Parsed::Incomplete {
+                consumed,
+                send_continue,
+            }) => {
+                if send_continue {
+                    self.send_bytes(key, CONTINUE);
+                }
+                return consumed;
+            }
+            Ok(Parsed::Complete { request, consumed }) => {
+                http.request_started = None;
+                (request, consumed)
+            }
             Err(error) => {
                 let mut out = Vec::new();
                 write_json_error(&mut out, error.status(), &error.to_string(), false);

@@ -369,18 +369,28 @@ impl Shard {
         self.longpoll.ready = ready;
     }
 
+    /// A session whose client does not poll its messages away fast enough:
+    /// ended like a slow WebSocket (its next poll gets `410`).
+    pub(super) fn end_slow_session(&mut self, id: ClientId, now: Instant) {
+        ShardMetrics::add(&self.metrics().slow_consumer_closes, 1);
+        self.end_session(id, "slow consumer", now);
+    }
+
     /// Timers: polls past their window get `204`, POSTs past it `408`, and
-    /// sessions nobody polled for 1.5 windows end.
+    /// sessions nobody polled for 1.5 windows end, as do sessions whose
+    /// buffer stayed over the send buffer limit too long.
     pub(super) fn longpoll_tick(&mut self, now: Instant) {
         let timeout = self.config.socket.longpoll.session_timeout();
+        let slow_after =
+            std::time::Duration::from_millis(self.config.socket.slow_consumer_timeout_ms);
         let due: Vec<_> = self
             .clients
             .iter()
             .filter_map(|(id, client)| match &client.sink {
-                Sink::LongPoll(session) => Some((id, session.due(now, timeout))),
+                Sink::LongPoll(session) => Some((id, session.due(now, timeout, slow_after))),
                 Sink::WebSocket(_) => None,
             })
-            .filter(|(_, due)| due.poll || due.post || due.expired)
+            .filter(|(_, due)| due.poll || due.post || due.expired || due.slow)
             .collect();
         for (id, due) in due {
             if due.poll {
@@ -405,6 +415,8 @@ impl Shard {
             }
             if due.expired {
                 self.end_session(id, "session expired", now);
+            } else if due.slow {
+                self.end_slow_session(id, now);
             }
         }
     }
@@ -444,6 +456,7 @@ impl Shard {
                 keep_alive,
             );
             session.buffer.clear();
+            session.backlog_since = None;
         } else {
             wire::write_poll(
                 &mut out,
@@ -491,7 +504,7 @@ impl Shard {
     /// next request (or close).
     fn release_held(&mut self, held: HeldRequest, answer: &[u8], keep_alive: bool, now: Instant) {
         if let Some(conn) = self.connections.get_mut(held.connection) {
-            conn.phase = Phase::Http;
+            conn.phase = Phase::http();
             // The keep-alive idle clock starts when the answer leaves.
             conn.last_active = now;
         }

@@ -53,7 +53,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use self::clients::Clients;
-use self::connection::{Connection, ConnectionKey, Connections, Phase};
+use self::connection::{Connection, ConnectionKey, Connections, HttpPhase, Phase};
 use self::hooks::Hooks;
 use self::inbox::{InboxReceiver, ShardInbox, ShardMessage};
 use self::longpoll::LongPoll;
@@ -87,6 +87,10 @@ const TICK: Duration = Duration::from_millis(250);
 const MAX_EARLY_INPUT: usize = 64 * 1024;
 /// How long a closing connection waits for its peer before being dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long a slow consumer's connection stays open after its close frame
+/// was queued: the frames already in the kernel's buffer come first, and a
+/// client that resumes reading within this time still reads the 1008.
+const SLOW_CONSUMER_GRACE: Duration = Duration::from_secs(10);
 
 /// Everything a shard thread needs, built by the server before spawning it.
 pub struct ShardSetup {
@@ -185,6 +189,7 @@ impl Shard {
             burst: config.socket.client_events_burst,
         });
         let own_inbox = peers[id].clone();
+        let send_buffer_limit = config.socket.send_buffer_limit;
         Ok(Shard {
             id,
             poll,
@@ -205,7 +210,7 @@ impl Shard {
                 text: Vec::with_capacity(4096),
                 ..Scratch::default()
             },
-            connections: Connections::with_capacity(1024),
+            connections: Connections::new(1024, send_buffer_limit),
             clients: Clients::default(),
             topics: TopicTable::new(),
             longpoll: LongPoll::new(signer),
@@ -444,7 +449,7 @@ impl Shard {
                 return input.len();
             };
             let step = match conn.phase {
-                Phase::Http => self.process_http(key, &mut input[used..], now),
+                Phase::Http(_) => self.process_http(key, &mut input[used..], now),
                 Phase::WebSocket(_) => self.process_websocket(key, &mut input[used..], now),
                 Phase::Closing { .. } => return input.len(),
                 // A client must wait for the 101 (or a held request's
@@ -460,8 +465,32 @@ impl Shard {
                 0 => break,
                 n => used += n,
             }
+            if self.over_send_limit(key, now) {
+                return input.len();
+            }
         }
         used
+    }
+
+    /// A connection that produces output faster than its peer reads it
+    /// stops being served: an HTTP connection (pipelined requests never
+    /// read) is closed as an HTTP connection once its answers are flushed;
+    /// a WebSocket (pings never read) goes the slow-consumer way. Returns
+    /// whether the connection stopped reading.
+    fn over_send_limit(&mut self, key: ConnectionKey, now: Instant) -> bool {
+        let limit = self.config.socket.send_buffer_limit;
+        let Some(conn) = self.connections.get(key) else {
+            return true;
+        };
+        if conn.outbox.queued_bytes() <= limit {
+            return false;
+        }
+        match conn.phase {
+            Phase::WebSocket(_) => self.on_backlog(key, now),
+            Phase::Closing { .. } => {}
+            _ => self.start_closing(key, now),
+        }
+        self.connections.get(key).is_none_or(|c| c.is_closing())
     }
 
     /// Queues bytes for one connection (an HTTP answer, a control frame).
@@ -491,12 +520,26 @@ impl Shard {
     fn connections_tick(&mut self, now: Instant) {
         let idle_ws = self.config.idle_timeout();
         let idle_http = self.config.http_idle_timeout();
+        let slow_after = Duration::from_millis(self.config.socket.slow_consumer_timeout_ms);
         let mut expired_ws = Vec::new();
         let mut drop_now = Vec::new();
+        let mut slow = Vec::new();
         for (key, conn) in self.connections.iter() {
+            if conn
+                .backlog_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= slow_after)
+            {
+                slow.push(key);
+            }
             let idle = now.saturating_duration_since(conn.last_active);
             match &conn.phase {
-                Phase::Http if idle > idle_http => drop_now.push(key),
+                Phase::Http(_) if idle > idle_http => drop_now.push(key),
+                // A request that takes too long to arrive, however it
+                // dribbles in (each byte resets `last_active`).
+                Phase::Http(HttpPhase {
+                    request_started: Some(started),
+                    ..
+                }) if now.saturating_duration_since(*started) > idle_http => drop_now.push(key),
                 Phase::WebSocket(ws) if idle > idle_ws => expired_ws.push(ws.client),
                 Phase::Closing { deadline, .. } if now >= *deadline => drop_now.push(key),
                 _ => {}
@@ -504,6 +547,9 @@ impl Shard {
         }
         for key in drop_now {
             self.remove(key);
+        }
+        for key in slow {
+            self.close_slow_consumer(key, now);
         }
         for client in expired_ws {
             ShardMetrics::add(&self.metrics().idle_closes, 1);
@@ -535,7 +581,7 @@ impl Shard {
         }
         let keys: Vec<ConnectionKey> = self.connections.iter().map(|(k, _)| k).collect();
         for key in keys {
-            if let Some(Phase::Http | Phase::Authorizing(_)) =
+            if let Some(Phase::Http(_) | Phase::Authorizing(_)) =
                 self.connections.get(key).map(|c| &c.phase)
             {
                 self.start_closing(key, now);
@@ -546,13 +592,18 @@ impl Shard {
     /// Moves a connection to `Closing` after its queued output; the client
     /// it carried, if any, goes away.
     fn start_closing(&mut self, key: ConnectionKey, now: Instant) {
+        self.start_closing_within(key, now + CLOSE_GRACE);
+    }
+
+    /// [`Shard::start_closing`], dropping the stream at `deadline` at the latest.
+    fn start_closing_within(&mut self, key: ConnectionKey, deadline: Instant) {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
         let old = std::mem::replace(
             &mut conn.phase,
             Phase::Closing {
-                deadline: now + CLOSE_GRACE,
+                deadline,
                 write_shut: false,
             },
         );

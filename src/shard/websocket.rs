@@ -23,7 +23,7 @@ use crate::transport::frame::{close_frame, write_frame, Decoded, FrameDecoder, W
 use crate::transport::handshake::{
     negotiate_subprotocols, validate_upgrade, write_switching_protocols,
 };
-use crate::transport::http::{write_json_error, Request};
+use crate::transport::http::{write_json_error, write_response, Request};
 use crate::transport::query::parse_pairs;
 
 /// Close code for a connection whose unsent output exceeded its limit
@@ -81,7 +81,15 @@ impl Shard {
         // Only well-formed upgrades are worth a backend call.
         let accept_key = match validate_upgrade(request) {
             Ok(k) => k,
-            Err(error) => return refuse(self, error.status(), &error.to_string()),
+            Err(error) => {
+                let mut out = Vec::new();
+                let body = serde_json::json!({ "error": error.to_string() }).to_string();
+                let mut headers = vec![("content-type", "application/json")];
+                headers.extend_from_slice(error.headers());
+                write_response(&mut out, error.status(), &headers, body.as_bytes(), false);
+                self.send_bytes(key, &out);
+                return Handled::Close;
+            }
         };
         match admission {
             Admission::Accept {
@@ -251,13 +259,24 @@ impl Shard {
     }
 
     /// A WebSocket went over its send buffer limit. The limit is on what the
-    /// *kernel* will not take, so first hand the stream what it accepts now
-    /// (a fast reader with a burst bigger than the limit is not slow); if it
-    /// is still over, it is a slow consumer: what it has not started to
-    /// receive is dropped (memory stays bounded) and a 1008 close follows.
-    pub(super) fn relieve_or_close(&mut self, key: ConnectionKey, now: Instant) {
-        let limit = self.config.socket.send_buffer_limit;
-        if self.connections.get(key).is_none_or(|c| c.is_closing()) {
+    /// *kernel* will not take, so first hand the stream what it accepts now:
+    /// a reader that keeps up is under the limit again at once. One that is
+    /// not starts (or continues) a backlog: it is a slow consumer only if it
+    /// stays over the limit for `socket.slow_consumer_timeout_ms` (checked
+    /// on the tick), or at once if it passes `socket.send_buffer_max`.
+    pub(super) fn on_backlog(&mut self, key: ConnectionKey, now: Instant) {
+        let Some(conn) = self.connections.get(key) else {
+            return;
+        };
+        if conn.is_closing() {
+            return;
+        }
+        if conn.backlog_since.is_some() {
+            // Already known not to drain: no write to try again until the
+            // socket says it is writable; only the hard cap matters now.
+            if conn.outbox.queued_bytes() > self.config.socket.send_buffer_max {
+                self.close_slow_consumer(key, now);
+            }
             return;
         }
         let mut stats = FlushStats::default();
@@ -269,13 +288,33 @@ impl Shard {
         let Some(conn) = self.connections.get_mut(key) else {
             return;
         };
-        if conn.outbox.queued_bytes() <= limit {
+        let queued = conn.outbox.queued_bytes();
+        if queued <= self.config.socket.send_buffer_limit {
+            return;
+        }
+        if queued > self.config.socket.send_buffer_max {
+            return self.close_slow_consumer(key, now);
+        }
+        conn.backlog_since.get_or_insert(now);
+    }
+
+    /// Closes a slow consumer: what it has not started to receive is dropped
+    /// (memory stays bounded), so its 1008 close frame comes right after
+    /// what the kernel already holds; the connection then stays open for a
+    /// grace period, so a client that resumes reading still sees the 1008.
+    pub(super) fn close_slow_consumer(&mut self, key: ConnectionKey, now: Instant) {
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
+        if conn.is_closing() {
             return;
         }
         conn.outbox.discard_unstarted();
+        conn.outbox
+            .push_owned(&close_frame(CLOSE_SLOW_CONSUMER, "slow consumer"));
         ShardMetrics::add(&self.metrics[self.id].slow_consumer_closes, 1);
         tracing::debug!(shard = self.id, peer = %conn.peer, "closing a slow consumer");
-        self.close_websocket(key, CLOSE_SLOW_CONSUMER, "slow consumer", now);
+        self.start_closing_within(key, now + super::SLOW_CONSUMER_GRACE);
     }
 
     /// Sends a close frame and moves the connection to `Closing`.

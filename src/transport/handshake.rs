@@ -1,5 +1,5 @@
 //! The WebSocket opening handshake (RFC 6455 §4.2) with Phoenix's
-//! subprotocol rules (spec §2.4, §2.5).
+//! subprotocol rules.
 //!
 //! Phoenix checks an upgrade request in a fixed order — method, origin,
 //! auth token, subprotocols, connect, upgrade headers — and the first failure
@@ -31,6 +31,9 @@ pub enum HandshakeError {
     /// Not a GET.
     #[error("websocket upgrade requires GET")]
     NotGet,
+    /// An HTTP/1.0 request (RFC 6455 §4.1 requires HTTP/1.1 or later).
+    #[error("websocket upgrade requires HTTP/1.1")]
+    Http10,
     /// The auth-token entry is not valid base64 of UTF-8 text.
     #[error("auth token subprotocol is not valid base64")]
     BadAuthToken,
@@ -58,6 +61,15 @@ impl HandshakeError {
             HandshakeError::NoSupportedProtocol => 403,
             HandshakeError::BadVersion => 426,
             _ => 400,
+        }
+    }
+
+    /// Headers the refusal must carry: a `426` names the version the
+    /// server speaks (RFC 6455 §4.4).
+    pub fn headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            HandshakeError::BadVersion => &[("sec-websocket-version", "13")],
+            _ => &[],
         }
     }
 }
@@ -113,6 +125,9 @@ pub fn validate_upgrade(req: &Request) -> Result<String, HandshakeError> {
     if req.method != "GET" {
         return Err(HandshakeError::NotGet);
     }
+    if req.minor_version == 0 {
+        return Err(HandshakeError::Http10);
+    }
     if !req.header_has_token("connection", "upgrade")
         || !req.header_has_token("upgrade", "websocket")
     {
@@ -162,6 +177,7 @@ mod tests {
                 .collect(),
             body: Vec::new(),
             keep_alive: true,
+            minor_version: 1,
         }
     }
 

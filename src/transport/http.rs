@@ -7,6 +7,8 @@
 
 use std::fmt::Write as _;
 
+use super::chunked::ChunkedDecoder;
+
 /// Most headers one request may carry.
 const MAX_HEADERS: usize = 64;
 
@@ -34,6 +36,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
+    /// The `x` of `HTTP/1.x`.
+    pub minor_version: u8,
 }
 
 impl Request {
@@ -59,8 +63,15 @@ impl Request {
 /// The outcome of a parse attempt.
 #[derive(Debug)]
 pub enum Parsed {
-    /// More bytes are needed.
-    Incomplete,
+    /// More bytes are needed. `consumed` bytes of the input were taken into
+    /// the request in progress (body bytes); the rest must be offered again.
+    Incomplete {
+        /// Bytes taken.
+        consumed: usize,
+        /// The head asked `Expect: 100-continue` and its body has not all
+        /// arrived: answer `100 Continue` now (reported once per request).
+        send_continue: bool,
+    },
     /// A request, and the bytes it occupied (the next request starts there).
     Complete {
         /// The request.
@@ -68,6 +79,91 @@ pub enum Parsed {
         /// Bytes consumed.
         consumed: usize,
     },
+}
+
+/// How the rest of a request's body is read.
+#[derive(Debug)]
+enum BodyReader {
+    /// `Content-Length`: this many bytes are still due.
+    Length(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked(ChunkedDecoder),
+}
+
+/// A request whose head was parsed and whose body is arriving.
+#[derive(Debug)]
+struct PartialRequest {
+    request: Request,
+    body: BodyReader,
+}
+
+/// Parses the requests of one connection, incrementally: a request's head
+/// is parsed once it is whole, and its body is taken as it arrives, so
+/// every byte of a body is looked at once however it is split into reads
+/// or chunks. Idle connections hold nothing (`None`).
+#[derive(Debug, Default)]
+pub struct RequestParser {
+    partial: Option<Box<PartialRequest>>,
+}
+
+impl RequestParser {
+    /// Whether a request's head was parsed and its body is still arriving.
+    pub fn in_body(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// Parses from the front of `buf`: the rest of the request in progress,
+    /// or a new one.
+    pub fn parse(&mut self, buf: &[u8], limits: &HttpLimits) -> Result<Parsed, HttpError> {
+        let mut send_continue = false;
+        let (mut partial, mut at) = match self.partial.take() {
+            Some(partial) => (partial, 0),
+            None => match parse_head(buf, limits)? {
+                None => {
+                    return Ok(Parsed::Incomplete {
+                        consumed: 0,
+                        send_continue,
+                    })
+                }
+                Some((partial, head_len)) => {
+                    send_continue = partial.request.header_has_token("expect", "100-continue");
+                    (partial, head_len)
+                }
+            },
+        };
+        let rest = &buf[at..];
+        let done = match &mut partial.body {
+            BodyReader::Length(left) => {
+                let take = (*left).min(rest.len());
+                partial.request.body.extend_from_slice(&rest[..take]);
+                at += take;
+                *left -= take;
+                *left == 0
+            }
+            BodyReader::Chunked(decoder) => {
+                let fed = decoder.feed(rest, &mut partial.request.body)?;
+                at += fed.consumed;
+                fed.done
+            }
+        };
+        if done {
+            return Ok(Parsed::Complete {
+                request: partial.request,
+                consumed: at,
+            });
+        }
+        self.partial = Some(partial);
+        Ok(Parsed::Incomplete {
+            consumed: at,
+            send_continue,
+        })
+    }
+}
+
+/// Parses one whole request from the front of `buf` (a fresh
+/// [`RequestParser`]): `Incomplete` until all of it is there.
+pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, HttpError> {
+    RequestParser::default().parse(buf, limits)
 }
 
 /// A request that cannot be served; answered with [`HttpError::status`].
@@ -98,8 +194,13 @@ impl HttpError {
     }
 }
 
-/// Parses one request from the front of `buf`.
-pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, HttpError> {
+/// Parses a request's head from the front of `buf`: `None` until it is
+/// whole; then the request (body still empty), how its body is read, and
+/// the head's length.
+fn parse_head(
+    buf: &[u8],
+    limits: &HttpLimits,
+) -> Result<Option<(Box<PartialRequest>, usize)>, HttpError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -108,7 +209,7 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, HttpErro
             if buf.len() > limits.max_header_bytes {
                 return Err(HttpError::HeadersTooLarge);
             }
-            return Ok(Parsed::Incomplete);
+            return Ok(None);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
         Err(e) => return Err(HttpError::Malformed(e.to_string())),
@@ -140,66 +241,80 @@ pub fn parse_request(buf: &[u8], limits: &HttpLimits) -> Result<Parsed, HttpErro
         headers,
         body: Vec::new(),
         keep_alive: false,
+        minor_version,
     };
     request.keep_alive = if minor_version >= 1 {
         !request.header_has_token("connection", "close")
     } else {
         request.header_has_token("connection", "keep-alive")
     };
-
-    let chunked = request.header_has_token("transfer-encoding", "chunked");
     let lengths: Vec<&str> = request
         .headers
         .iter()
         .filter(|(n, _)| n == "content-length")
         .map(|(_, v)| v.as_str())
         .collect();
-    if chunked && !lengths.is_empty() {
-        return Err(HttpError::Malformed(
-            "both Transfer-Encoding and Content-Length".into(),
-        ));
-    }
-    if request.header("transfer-encoding").is_some() && !chunked {
-        return Err(HttpError::Malformed("unsupported Transfer-Encoding".into()));
-    }
-    let rest = &buf[head_len..];
-    if chunked {
-        return match decode_chunked(rest, limits.max_body_bytes)? {
-            None => Ok(Parsed::Incomplete),
-            Some((body, used)) => {
-                request.body = body;
-                Ok(Parsed::Complete {
-                    request,
-                    consumed: head_len + used,
-                })
+    let body = match transfer_coding(&request)? {
+        Some(_) if !lengths.is_empty() => {
+            return Err(HttpError::Malformed(
+                "both Transfer-Encoding and Content-Length".into(),
+            ))
+        }
+        // Extensions and trailers share the head's budget; framing counts
+        // against the body limit, so tiny chunks cannot stretch it.
+        Some(Chunked) => BodyReader::Chunked(ChunkedDecoder::new(
+            limits.max_header_bytes,
+            limits.max_body_bytes,
+        )),
+        None => {
+            let length = match lengths.as_slice() {
+                [] => 0,
+                [first, others @ ..] => {
+                    let length = parse_length(first)?;
+                    if others.iter().any(|o| parse_length(o) != Ok(length)) {
+                        return Err(HttpError::Malformed(
+                            "conflicting Content-Length headers".into(),
+                        ));
+                    }
+                    length
+                }
+            };
+            if length > limits.max_body_bytes {
+                return Err(HttpError::BodyTooLarge {
+                    limit: limits.max_body_bytes,
+                });
             }
-        };
-    }
-    let length = match lengths.as_slice() {
-        [] => 0,
-        [first, others @ ..] => {
-            let length = parse_length(first)?;
-            if others.iter().any(|o| parse_length(o) != Ok(length)) {
-                return Err(HttpError::Malformed(
-                    "conflicting Content-Length headers".into(),
-                ));
-            }
-            length
+            request.body.reserve(length.min(64 * 1024));
+            BodyReader::Length(length)
         }
     };
-    if length > limits.max_body_bytes {
-        return Err(HttpError::BodyTooLarge {
-            limit: limits.max_body_bytes,
-        });
+    Ok(Some((Box::new(PartialRequest { request, body }), head_len)))
+}
+
+/// The one transfer coding a request body may have.
+struct Chunked;
+
+/// Reads `Transfer-Encoding`: absent, or exactly `chunked` (RFC 9112 §6.3:
+/// chunked must be the final coding, and no other coding is supported, so
+/// `chunked, identity` or `gzip, chunked` are refused).
+fn transfer_coding(request: &Request) -> Result<Option<Chunked>, HttpError> {
+    let codings: Vec<String> = request
+        .headers
+        .iter()
+        .filter(|(n, _)| n == "transfer-encoding")
+        .flat_map(|(_, v)| v.split(','))
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty())
+        .collect();
+    let present = request
+        .headers
+        .iter()
+        .any(|(n, _)| n == "transfer-encoding");
+    match codings.as_slice() {
+        [] if !present => Ok(None),
+        [only] if only == "chunked" => Ok(Some(Chunked)),
+        _ => Err(HttpError::Malformed("unsupported Transfer-Encoding".into())),
     }
-    if rest.len() < length {
-        return Ok(Parsed::Incomplete);
-    }
-    request.body = rest[..length].to_vec();
-    Ok(Parsed::Complete {
-        request,
-        consumed: head_len + length,
-    })
 }
 
 fn parse_length(text: &str) -> Result<usize, HttpError> {
@@ -212,61 +327,10 @@ fn parse_length(text: &str) -> Result<usize, HttpError> {
         .map_err(|_| HttpError::Malformed(format!("invalid Content-Length {text:?}")))
 }
 
-/// Decodes a chunked body; `None` while incomplete, else the body and the
-/// bytes used (trailers included).
-fn decode_chunked(buf: &[u8], limit: usize) -> Result<Option<(Vec<u8>, usize)>, HttpError> {
-    let mut body = Vec::new();
-    let mut at = 0;
-    loop {
-        let Some(line_end) = find_crlf(&buf[at..]) else {
-            if buf.len() - at > 1024 {
-                return Err(HttpError::Malformed("chunk size line too long".into()));
-            }
-            return Ok(None);
-        };
-        let line = &buf[at..at + line_end];
-        // Chunk extensions (";name=value") are allowed and ignored.
-        let size_text = line.split(|&b| b == b';').next().unwrap_or_default();
-        let size_text = std::str::from_utf8(size_text)
-            .map_err(|_| HttpError::Malformed("invalid chunk size".into()))?
-            .trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| HttpError::Malformed(format!("invalid chunk size {size_text:?}")))?;
-        at += line_end + 2;
-        if size == 0 {
-            // Trailers: header lines until an empty line.
-            loop {
-                let Some(end) = find_crlf(&buf[at..]) else {
-                    return Ok(None);
-                };
-                at += end + 2;
-                if end == 0 {
-                    return Ok(Some((body, at)));
-                }
-            }
-        }
-        if body.len().saturating_add(size) > limit {
-            return Err(HttpError::BodyTooLarge { limit });
-        }
-        if buf.len() < at + size + 2 {
-            return Ok(None);
-        }
-        body.extend_from_slice(&buf[at..at + size]);
-        at += size;
-        if &buf[at..at + 2] != b"\r\n" {
-            return Err(HttpError::Malformed("chunk not followed by CRLF".into()));
-        }
-        at += 2;
-    }
-}
-
-fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
-}
-
 /// The reason phrase of a status code.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         101 => "Switching Protocols",
         200 => "OK",
         204 => "No Content",
@@ -332,10 +396,15 @@ mod tests {
         max_body_bytes: 64,
     };
 
+    /// The status a request that cannot be served is answered with.
+    fn status_of(raw: &[u8]) -> u16 {
+        parse_request(raw, &LIMITS).unwrap_err().status()
+    }
+
     fn complete(buf: &[u8]) -> (Request, usize) {
         match parse_request(buf, &LIMITS).unwrap() {
             Parsed::Complete { request, consumed } => (request, consumed),
-            Parsed::Incomplete => panic!("incomplete"),
+            Parsed::Incomplete { .. } => panic!("incomplete"),
         }
     }
 
@@ -360,7 +429,7 @@ mod tests {
         for split in 0..first_len {
             assert!(matches!(
                 parse_request(&raw[..split], &LIMITS).unwrap(),
-                Parsed::Incomplete
+                Parsed::Incomplete { .. }
             ));
         }
         let (req, used) = complete(raw);
@@ -378,31 +447,91 @@ mod tests {
             assert!(
                 matches!(
                     parse_request(&raw[..split], &LIMITS).unwrap(),
-                    Parsed::Incomplete
+                    Parsed::Incomplete { .. }
                 ),
                 "{split}"
             );
         }
         let bad = b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
-        assert_eq!(parse_request(bad, &LIMITS).unwrap_err().status(), 400);
+        assert_eq!(status_of(bad), 400);
     }
 
     #[test]
-    fn limits_and_errors() {
-        let big = b"POST /p HTTP/1.1\r\nContent-Length: 65\r\n\r\n";
-        assert_eq!(parse_request(big, &LIMITS).unwrap_err().status(), 413);
+    fn refusals_carry_the_right_status() {
         // A line that never ends grows past the head limit: 431, not a hang.
-        let head = vec![b'a'; 2000];
-        assert_eq!(parse_request(&head, &LIMITS).unwrap_err().status(), 431);
         let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
         long.extend(vec![b'a'; 2000]);
-        assert_eq!(parse_request(&long, &LIMITS).unwrap_err().status(), 431);
-        let both = b"POST /p HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(parse_request(both, &LIMITS).unwrap_err().status(), 400);
-        let conflict = b"POST /p HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
-        assert_eq!(parse_request(conflict, &LIMITS).unwrap_err().status(), 400);
-        let garbage = b"\x16\x03\x01\x02\x00\r\n\r\n";
-        assert_eq!(parse_request(garbage, &LIMITS).unwrap_err().status(), 400);
+        let mut cases: Vec<(Vec<u8>, u16)> = vec![
+            (b"POST /p HTTP/1.1\r\nContent-Length: 65\r\n\r\n".to_vec(), 413),
+            (vec![b'a'; 2000], 431),
+            (long, 431),
+            (b"POST /p HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 400),
+            (b"POST /p HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab".to_vec(), 400),
+            (b"\x16\x03\x01\x02\x00\r\n\r\n".to_vec(), 400),
+            // Chunked must be the only coding (RFC 9112 §6.3), in one header or two.
+            (b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n".to_vec(), 400),
+        ];
+        for coding in ["chunked, identity", "gzip, chunked", "identity", ""] {
+            let raw = format!("POST /p HTTP/1.1\r\nTransfer-Encoding: {coding}\r\n\r\n0\r\n\r\n");
+            cases.push((raw.into_bytes(), 400));
+        }
+        for (raw, status) in cases {
+            assert_eq!(status_of(&raw), status, "{}", String::from_utf8_lossy(&raw));
+        }
+    }
+
+    #[test]
+    fn bodies_are_taken_as_they_arrive() {
+        let raw = b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\nGET /n HTTP/1.1\r\n\r\n";
+        let mut parser = RequestParser::default();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut requests = Vec::new();
+        for &byte in raw.iter() {
+            pending.push(byte);
+            loop {
+                match parser.parse(&pending, &LIMITS).unwrap() {
+                    Parsed::Incomplete { consumed, .. } => {
+                        pending.drain(..consumed);
+                        break;
+                    }
+                    Parsed::Complete { request, consumed } => {
+                        pending.drain(..consumed);
+                        requests.push(request);
+                    }
+                }
+            }
+            // A body never waits in the pending input: it went into the request.
+            assert!(pending.len() <= 48, "{}", pending.len());
+        }
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[0].body, b"abcde");
+        assert_eq!(requests[1].path, "/n");
+        assert!(!parser.in_body());
+    }
+
+    #[test]
+    fn expect_100_continue_is_reported_once() {
+        let head = b"POST /p HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+        let mut parser = RequestParser::default();
+        assert!(matches!(
+            parser.parse(head, &LIMITS).unwrap(),
+            Parsed::Incomplete {
+                send_continue: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parser.parse(b"ab", &LIMITS).unwrap(),
+            Parsed::Incomplete {
+                send_continue: false,
+                consumed: 2
+            }
+        ));
+        assert!(matches!(
+            parser.parse(b"cd", &LIMITS).unwrap(),
+            Parsed::Complete { .. }
+        ));
+        assert_eq!(complete(b"GET / HTTP/1.0\r\n\r\n").0.minor_version, 0);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! | file | what lives there |
 //! | --- | --- |
+//! | [`chunked`] | chunked request bodies, decoded incrementally within limits |
 //! | [`http`] | HTTP/1.1 request parsing (`httparse`) and responses |
 //! | [`query`] | query strings decoded as Phoenix (Plug) does |
 //! | [`handshake`] | the WebSocket upgrade: subprotocols, auth token, accept key |
@@ -9,6 +10,7 @@
 //! | [`origin`] | the `Origin` check of connect requests |
 //! | [`stream`] | the byte stream under a connection (plain TCP; room for TLS) |
 
+pub mod chunked;
 pub mod frame;
 pub mod handshake;
 pub mod http;
