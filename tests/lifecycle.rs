@@ -11,7 +11,8 @@ use common::{Client, RawSocket, TestServer, WAIT};
 
 #[test]
 fn slow_consumers_are_closed_and_others_keep_receiving() {
-    let server = TestServer::start("[socket]\nsend_buffer_limit = 65536\n");
+    let server =
+        TestServer::start("[socket]\nsend_buffer_limit = 65536\nslow_consumer_timeout_ms = 500\n");
     let mut healthy = server.connect();
     healthy.join("room:flood", "1");
     // A subscriber that never reads: its kernel buffers fill, then its outbox.
