@@ -26,7 +26,7 @@
 //!
 //! | component | state | inbox message | end of turn | tick |
 //! | --- | --- | --- | --- | --- |
-//! | [`connection`] | sockets, phases, outboxes | — | flush | idle and closing timeouts |
+//! | [`connection`] (+ `connection_io`) | sockets, phases, outboxes, request parsers | — | flush | idle, request, closing and slow-consumer timeouts |
 //! | [`clients`] + `channels` | channel-layer clients, sinks, topics | `Broadcast`, `Disconnect` | — | — |
 //! | [`longpoll`] | session tokens, polls to answer | `HandOver` | answer polls | expire polls, POSTs, sessions |
 //! | [`presence`] | tracked presences, the replica | `Presence` | diffs out, states to joiners | — |
@@ -35,6 +35,7 @@
 pub mod channels;
 pub mod clients;
 pub mod connection;
+mod connection_io;
 pub mod handover;
 pub mod hooks;
 mod http;
@@ -45,7 +46,7 @@ pub mod presence;
 mod table;
 mod websocket;
 
-use std::io::{self, Read};
+use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,11 +54,10 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
 use self::clients::Clients;
-use self::connection::{Connection, ConnectionKey, Connections, HttpPhase, Phase};
+use self::connection::{Connection, ConnectionKey, Connections, Phase};
 use self::hooks::Hooks;
 use self::inbox::{InboxReceiver, ShardInbox, ShardMessage};
 use self::longpoll::LongPoll;
-use self::outbox::FlushStats;
 use self::presence::Presence;
 use crate::config::Config;
 use crate::fanout::broadcast::NodeId;
@@ -371,193 +371,6 @@ impl Shard {
         }
     }
 
-    /// Reads what the stream has and processes it (invariant 1).
-    fn on_readable(&mut self, key: ConnectionKey, now: Instant) {
-        let mut buf = std::mem::take(&mut self.scratch.read);
-        for _ in 0..READS_PER_EVENT {
-            let Some(conn) = self.connections.get_mut(key) else {
-                break;
-            };
-            match conn.stream.read(&mut buf) {
-                Ok(0) => {
-                    // The peer hung up (or half-closed). A WebSocket's channels
-                    // end silently (Phoenix does the same); an HTTP client that
-                    // half-closed after its request still gets the queued response.
-                    if conn.outbox.is_empty() || conn.is_closing() {
-                        self.remove(key);
-                    } else {
-                        self.start_closing(key, now);
-                    }
-                    break;
-                }
-                Ok(n) => {
-                    conn.last_active = now;
-                    self.process_input(key, &mut buf[..n], now);
-                    if n < buf.len() {
-                        // A short read means the socket is drained; skip the
-                        // extra read() that would only say WouldBlock.
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.remove(key);
-                    break;
-                }
-            }
-        }
-        self.scratch.read = buf;
-    }
-
-    /// Feeds freshly read bytes to the connection's phase. Input left over
-    /// (an incomplete request or frame) is kept on the connection.
-    fn process_input(&mut self, key: ConnectionKey, fresh: &mut [u8], now: Instant) {
-        let Some(conn) = self.connections.get_mut(key) else {
-            return;
-        };
-        if conn.is_closing() {
-            return; // after a close, input is read only to notice the hang-up
-        }
-        let mut input = std::mem::take(&mut conn.pending_input);
-        if input.is_empty() {
-            // The usual case: process straight from the shard's read buffer
-            // and copy only an incomplete tail.
-            let consumed = self.process_bytes(key, fresh, now);
-            input.extend_from_slice(&fresh[consumed..]);
-        } else {
-            input.extend_from_slice(fresh);
-            let consumed = self.process_bytes(key, &mut input, now);
-            input.drain(..consumed);
-        }
-        if let Some(conn) = self.connections.get_mut(key) {
-            if input.is_empty() && input.capacity() > 4096 {
-                input = Vec::new(); // idle connections keep no buffer
-            }
-            if !conn.is_closing() {
-                conn.pending_input = input;
-            }
-        }
-    }
-
-    /// Processes as many complete requests or frames as `input` holds;
-    /// returns how many bytes were used.
-    fn process_bytes(&mut self, key: ConnectionKey, input: &mut [u8], now: Instant) -> usize {
-        let mut used = 0;
-        while used < input.len() {
-            let Some(conn) = self.connections.get(key) else {
-                return input.len();
-            };
-            let step = match conn.phase {
-                Phase::Http(_) => self.process_http(key, &mut input[used..], now),
-                Phase::WebSocket(_) => self.process_websocket(key, &mut input[used..], now),
-                Phase::Closing { .. } => return input.len(),
-                // A client must wait for the 101 (or a held request's
-                // answer) before sending more; keep what it sent anyway,
-                // within a bound.
-                Phase::Authorizing(_) | Phase::Held if input.len() - used > MAX_EARLY_INPUT => {
-                    self.start_closing(key, now);
-                    return input.len();
-                }
-                Phase::Authorizing(_) | Phase::Held => return used,
-            };
-            match step {
-                0 => break,
-                n => used += n,
-            }
-            if self.over_send_limit(key, now) {
-                return input.len();
-            }
-        }
-        used
-    }
-
-    /// A connection that produces output faster than its peer reads it
-    /// stops being served: an HTTP connection (pipelined requests never
-    /// read) is closed as an HTTP connection once its answers are flushed;
-    /// a WebSocket (pings never read) goes the slow-consumer way. Returns
-    /// whether the connection stopped reading.
-    fn over_send_limit(&mut self, key: ConnectionKey, now: Instant) -> bool {
-        let limit = self.config.socket.send_buffer_limit;
-        let Some(conn) = self.connections.get(key) else {
-            return true;
-        };
-        if conn.outbox.queued_bytes() <= limit {
-            return false;
-        }
-        match conn.phase {
-            Phase::WebSocket(_) => self.on_backlog(key, now),
-            Phase::Closing { .. } => {}
-            _ => self.start_closing(key, now),
-        }
-        self.connections.get(key).is_none_or(|c| c.is_closing())
-    }
-
-    /// Queues bytes for one connection (an HTTP answer, a control frame).
-    fn send_bytes(&mut self, key: ConnectionKey, bytes: &[u8]) {
-        self.connections.queue_owned(key, bytes);
-    }
-
-    /// One vectored flush per listed connection (invariant 2).
-    fn flush_all(&mut self, _now: Instant) {
-        let mut stats = FlushStats::default();
-        let mut dead = std::mem::take(&mut self.scratch.dead);
-        self.connections.flush_all(&mut stats, &mut dead);
-        for key in dead.drain(..) {
-            self.remove(key);
-        }
-        self.scratch.dead = dead;
-        self.count_flush(stats);
-    }
-
-    fn count_flush(&self, stats: FlushStats) {
-        let metrics = self.metrics();
-        ShardMetrics::add(&metrics.bytes_written, stats.bytes);
-        ShardMetrics::add(&metrics.write_calls, stats.calls);
-    }
-
-    /// Timeouts: idle WebSockets, idle HTTP, closing connections past their deadline.
-    fn connections_tick(&mut self, now: Instant) {
-        let idle_ws = self.config.idle_timeout();
-        let idle_http = self.config.http_idle_timeout();
-        let slow_after = Duration::from_millis(self.config.socket.slow_consumer_timeout_ms);
-        let mut expired_ws = Vec::new();
-        let mut drop_now = Vec::new();
-        let mut slow = Vec::new();
-        for (key, conn) in self.connections.iter() {
-            if conn
-                .backlog_since
-                .is_some_and(|since| now.saturating_duration_since(since) >= slow_after)
-            {
-                slow.push(key);
-            }
-            let idle = now.saturating_duration_since(conn.last_active);
-            match &conn.phase {
-                Phase::Http(_) if idle > idle_http => drop_now.push(key),
-                // A request that takes too long to arrive, however it
-                // dribbles in (each byte resets `last_active`).
-                Phase::Http(HttpPhase {
-                    request_started: Some(started),
-                    ..
-                }) if now.saturating_duration_since(*started) > idle_http => drop_now.push(key),
-                Phase::WebSocket(ws) if idle > idle_ws => expired_ws.push(ws.client),
-                Phase::Closing { deadline, .. } if now >= *deadline => drop_now.push(key),
-                _ => {}
-            }
-        }
-        for key in drop_now {
-            self.remove(key);
-        }
-        for key in slow {
-            self.close_slow_consumer(key, now);
-        }
-        for client in expired_ws {
-            ShardMetrics::add(&self.metrics().idle_closes, 1);
-            // Not 1000: JS clients before 1.8.16 reconnect only after other codes.
-            self.close_client(client, websocket::CLOSE_GOING_AWAY, "idle timeout", now);
-        }
-    }
-
     /// Stops accepting, closes every client — WebSockets with 1012 (service
     /// restart, so clients reconnect to this server's successor), long-poll
     /// sessions with `410` — and lets the loop run until everything is
@@ -587,41 +400,5 @@ impl Shard {
                 self.start_closing(key, now);
             }
         }
-    }
-
-    /// Moves a connection to `Closing` after its queued output; the client
-    /// it carried, if any, goes away.
-    fn start_closing(&mut self, key: ConnectionKey, now: Instant) {
-        self.start_closing_within(key, now + CLOSE_GRACE);
-    }
-
-    /// [`Shard::start_closing`], dropping the stream at `deadline` at the latest.
-    fn start_closing_within(&mut self, key: ConnectionKey, deadline: Instant) {
-        let Some(conn) = self.connections.get_mut(key) else {
-            return;
-        };
-        let old = std::mem::replace(
-            &mut conn.phase,
-            Phase::Closing {
-                deadline,
-                write_shut: false,
-            },
-        );
-        conn.pending_input = Vec::new();
-        if let Phase::WebSocket(ws) = old {
-            self.drop_client(ws.client);
-        }
-        self.connections.schedule_flush(key);
-    }
-
-    /// Removes a connection now: its client, poll registration, stream.
-    fn remove(&mut self, key: ConnectionKey) {
-        let Some(conn) = self.connections.remove(self.poll.registry(), key) else {
-            return;
-        };
-        if let Some(client) = conn.client() {
-            self.drop_client(client);
-        }
-        ShardMetrics::sub(&self.metrics().connections, 1);
     }
 }
