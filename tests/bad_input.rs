@@ -202,3 +202,93 @@ fn http_keep_alive_serves_pipelined_requests() {
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}"); // after the first head
     assert_eq!(text.matches(r#"{"ok":true,"count":1}"#).count(), 2);
 }
+
+/// Numbers simd-json cannot hold (beyond 64 bits, beyond `f64`) or would
+/// re-spell (`1.0e2`, `-0`) are relayed byte for byte, as Phoenix relays
+/// them and the publish API accepts them; the sender is not closed.
+#[test]
+fn big_numbers_in_client_events_are_relayed_verbatim() {
+    let server = TestServer::start("");
+    let mut sender = server.connect();
+    let mut other = server.connect();
+    sender.join("room:nums", "1");
+    other.join("room:nums", "1");
+    let mut v1 = server.connect_v1();
+    v1.send(r#"{"topic":"room:nums","event":"phx_join","payload":{},"ref":"1"}"#);
+    assert_eq!(
+        v1.recv_text(),
+        r#"{"topic":"room:nums","event":"phx_reply","payload":{"status":"ok","response":{}},"ref":"1"}"#
+    );
+    for payload in [
+        r#"{"n":99999999999999999999,"f":1e309}"#,
+        r#"{"big":1606938044258990275541962092341162602522202993782792835301376,"tiny":-1e-400,"e":1.0e2,"z":-0,"x":[1E400,-0.0,2.50]}"#,
+    ] {
+        sender.send(&format!(r#"["1","2","room:nums","shout",{payload}]"#));
+        let relayed = format!(r#"[null,null,"room:nums","shout",{payload}]"#);
+        assert_eq!(sender.recv_text(), relayed);
+        assert_eq!(
+            sender.recv_text(),
+            r#"["1","2","room:nums","phx_reply",{"status":"ok","response":{}}]"#
+        );
+        assert_eq!(other.recv_text(), relayed);
+        assert_eq!(
+            v1.recv_text(),
+            format!(r#"{{"topic":"room:nums","event":"shout","payload":{payload},"ref":null}}"#)
+        );
+    }
+    // A V1 sender, with whitespace (dropped) around the numbers.
+    v1.send(r#"{"topic":"room:nums","event":"shout","payload":{ "n" : 18446744073709551616 , "f" : 1e-400 },"ref":"2"}"#);
+    let relayed = r#"[null,null,"room:nums","shout",{"n":18446744073709551616,"f":1e-400}]"#;
+    assert_eq!(other.recv_text(), relayed);
+    assert_eq!(sender.recv_text(), relayed);
+    sender.sync("3");
+}
+
+/// A `\u` escape of half a surrogate pair is refused like invalid UTF-8
+/// (1007) wherever it is, instead of becoming another character: a join to
+/// `room:\ud800x` must not join `room:\u0000x`, and a payload must not be
+/// relayed changed. One shard, so a heartbeat reply proves nothing came.
+#[test]
+fn lone_surrogate_escapes_close_with_1007_and_alias_nothing() {
+    let server = TestServer::start_with_shards(1, "");
+    let mut nul_room = server.connect();
+    nul_room.join(r"room:\u0000x", "1");
+    let mut x_room = server.connect();
+    x_room.join("room:x", "1");
+    for bad in [
+        r#"["1","1","room:\ud800x","phx_join",{}]"#,
+        r#"["1","1","room:\udc00x","phx_join",{}]"#,
+        r#"["1","1","room:\ud800\u0000x","phx_join",{}]"#,
+        r#"[null,"2","room:\ud800x","shout",{"s":1}]"#,
+        r#"{"topic":"room:\ud800x","event":"phx_join","payload":{},"ref":"1"}"#, // V1 on V2: still 1007
+    ] {
+        let mut raw = RawSocket::connect(server.addr);
+        raw.send_frame(0x81, bad.as_bytes(), true);
+        assert_eq!(raw.expect_close(), 1007, "{bad}");
+    }
+    for payload in [
+        r#"{"s":"\ud800"}"#,
+        r#"{"s":"\udc00"}"#,
+        r#"{"s":"\ude00\ud83d"}"#,
+        r#"{"s":"\ud800\ue000"}"#,
+        r#"{"\ud800":1}"#,
+        r#"{"n":1e999,"s":"\ud800"}"#,
+    ] {
+        let mut sender = server.connect();
+        sender.join("room:x", "1");
+        sender.send(&format!(r#"["1","2","room:x","shout",{payload}]"#));
+        assert_eq!(sender.expect_close(), 1007, "{payload}");
+    }
+    let mut v1 = server.connect_v1();
+    v1.send(r#"{"topic":"room:\ud800x","event":"phx_join","payload":{},"ref":"1"}"#);
+    assert_eq!(v1.expect_close(), 1007);
+    nul_room.sync("2");
+    x_room.sync("2");
+    // A well-formed pair, and an escaped backslash before `u`, pass as sent.
+    let mut sender = server.connect();
+    sender.join("room:x", "1");
+    sender.send(r#"["1","2","room:x","shout",{"s":"\ud83d\ude00","t":"\\ud800"}]"#);
+    let relayed = r#"[null,null,"room:x","shout",{"s":"😀","t":"\\ud800"}]"#;
+    assert_eq!(x_room.recv_text(), relayed);
+    nul_room.sync("3");
+}

@@ -1,16 +1,26 @@
 //! Client→server decoding: V1 objects, V2 arrays, V2 binary
 //! pushes. Every malformed input is an `Err`, never a panic; the caller
-//! closes the connection (1011, or 1007 for [`DecodeError::InvalidUtf8`]).
+//! closes the connection with [`DecodeError::close_code`] (1007 for text
+//! that names no characters, 1011 for anything else).
 //!
 //! Text frames are parsed by simd-json into a tape (a flat list of nodes in
 //! document order). Fields are then re-emitted as compact JSON text straight
 //! from the tape, so key order and duplicate keys inside a payload survive
 //! exactly as the client sent them.
 //!
+//! Data is never altered, only re-spaced and re-escaped:
+//! - `\u` escapes of unpaired UTF-16 surrogates, which simd-json turns into
+//!   other characters, are refused first (`decode/surrogates.rs`);
+//! - numbers the tape cannot hold or would re-spell (beyond 64 bits, floats,
+//!   `-0`) send the message to a slower decoder that copies them verbatim
+//!   (`decode/verbatim.rs`), with the same rules and output otherwise.
+//!
 //! Binary frames share nothing with text ones but the message they decode
 //! to and the error type; they are decoded in `decode/binary.rs`.
 
 mod binary;
+mod surrogates;
+mod verbatim;
 
 use simd_json::{ErrorType, Node, StaticNode};
 use smallvec::SmallVec;
@@ -57,19 +67,68 @@ pub enum DecodeError {
     /// Binary: a header string is not UTF-8 (the field is named).
     #[error("binary frame {0} is not valid UTF-8")]
     FieldNotUtf8(&'static str),
+    /// A `\uXXXX` escape of half a UTF-16 surrogate pair without its other
+    /// half (a lone or misordered half): like invalid UTF-8, it names no
+    /// character.
+    #[error("string escape \\u{0:04x} is an unpaired UTF-16 surrogate")]
+    UnpairedSurrogate(u16),
+}
+
+impl DecodeError {
+    /// The WebSocket close code for a connection that sent this: 1007
+    /// (invalid frame payload data) for text that is not valid Unicode,
+    /// as for invalid UTF-8 caught by the transport; 1011 otherwise, as
+    /// Phoenix closes on a message it cannot decode.
+    pub fn close_code(&self) -> u16 {
+        match self {
+            DecodeError::InvalidUtf8 | DecodeError::UnpairedSurrogate(_) => 1007,
+            _ => 1011,
+        }
+    }
 }
 
 /// Decodes a text frame. `text` is mutable because simd-json parses in place
 /// (it unescapes strings into the buffer, so the text is garbage afterwards).
 pub fn decode_text(serializer: Serializer, text: &mut [u8]) -> Result<ClientMessage, DecodeError> {
-    let tape = simd_json::to_tape(text).map_err(|e| match e.error() {
-        ErrorType::InvalidUtf8 => DecodeError::InvalidUtf8,
-        _ => DecodeError::NotJson(e.to_string()),
-    })?;
-    match serializer {
-        Serializer::V1 => decode_object(&tape.0),
-        Serializer::V2 => decode_array(&tape.0),
+    // simd-json writes to the text only to unescape strings, so text without
+    // a backslash is still intact for the verbatim decoder after it; text
+    // with one is copied first. (A test below pins that behaviour.) The
+    // `contains` is a memchr; the surrogate scan runs only past it.
+    let pristine = if text.contains(&b'\\') {
+        surrogates::check_surrogate_escapes(text)?;
+        Some(text.to_vec())
+    } else {
+        None
+    };
+    match simd_json::to_tape(text) {
+        Ok(tape) if !has_inexact_number(&tape.0) => {
+            return match serializer {
+                Serializer::V1 => decode_object(&tape.0),
+                Serializer::V2 => decode_array(&tape.0),
+            };
+        }
+        Ok(_) => {}
+        Err(e) => match e.error() {
+            ErrorType::InvalidUtf8 => return Err(DecodeError::InvalidUtf8),
+            // Numbers simd-json cannot hold, and also malformed ones (`01`,
+            // `1.`): serde_json tells them apart below.
+            ErrorType::InvalidNumber | ErrorType::InvalidExponent | ErrorType::Overflow => {}
+            _ => return Err(DecodeError::NotJson(e.to_string())),
+        },
     }
+    verbatim::decode_verbatim(serializer, pristine.as_deref().unwrap_or(text))
+}
+
+/// Whether the tape holds a number that would not be written back as the
+/// client spelled it: any float (`1.0e2` is written `100.0`, `1e-400` `0.0`)
+/// and `-0`, the only integer simd-json stores as a signed zero (`0` is a
+/// `U64`). Other integers are written digit for digit as they were read.
+/// The whole tape is checked, even fields that are ignored: it is one cheap
+/// pass, and the verbatim decoder gives the same answer for them.
+fn has_inexact_number(nodes: &[Node<'_>]) -> bool {
+    nodes
+        .iter()
+        .any(|node| matches!(node, Node::Static(StaticNode::F64(_) | StaticNode::I64(0))))
 }
 
 /// `[join_ref, ref, topic, event, payload, ...]`; elements past the fifth
@@ -268,9 +327,10 @@ fn write_static<S: ByteSink>(out: &mut S, value: StaticNode) {
             write_u64(out, n.unsigned_abs());
         }
         StaticNode::U64(n) => write_u64(out, n),
-        // Shortest round-tripping form (via serde_json): `1.5`, `1e+300`.
-        // simd-json never yields NaN or infinity, but JSON has no spelling
-        // for them, so `null` stands in rather than invalid text.
+        // Not reached from `decode_text`: a tape with a float goes to the
+        // verbatim decoder, as this would re-spell it. Kept total: shortest
+        // round-tripping form (via serde_json), `null` for NaN or infinity
+        // (which simd-json never yields, and JSON cannot spell).
         StaticNode::F64(f) => match serde_json::Number::from_f64(f) {
             Some(number) => out.push_bytes(number.to_string().as_bytes()),
             None => out.push_bytes(b"null"),
@@ -294,215 +354,4 @@ fn write_u64<S: ByteSink>(out: &mut S, mut n: u64) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn v2(text: &str) -> Result<ClientMessage, DecodeError> {
-        decode_text(Serializer::V2, &mut text.as_bytes().to_vec())
-    }
-
-    fn v1(text: &str) -> Result<ClientMessage, DecodeError> {
-        decode_text(Serializer::V1, &mut text.as_bytes().to_vec())
-    }
-
-    fn raw(text: &str) -> RawJson {
-        RawJson::from_json_text(text.as_bytes())
-    }
-
-    fn json(text: &str) -> Payload {
-        Payload::Json(text.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn v2_client_join() {
-        let m = v2(r#"["3","3","room:lobby","phx_join",{"nick":"ann"}]"#).unwrap();
-        assert_eq!(m.join_ref, RawJson::from_string("3"));
-        assert_eq!(m.msg_ref, RawJson::from_string("3"));
-        assert_eq!(m.topic, Name::Str("room:lobby".into()));
-        assert_eq!(m.event, Name::Str("phx_join".into()));
-        assert_eq!(m.payload, json(r#"{"nick":"ann"}"#));
-    }
-
-    #[test]
-    fn v2_heartbeat_with_null_join_ref() {
-        let m = v2(r#"[null,"4","phoenix","heartbeat",{}]"#).unwrap();
-        assert!(m.join_ref.is_null());
-        assert_eq!(m.msg_ref.as_bytes(), br#""4""#);
-        assert_eq!(m.topic.as_str(), Some("phoenix"));
-        assert_eq!(m.payload, json("{}"));
-    }
-
-    #[test]
-    fn v2_extra_elements_ignored_and_whitespace_dropped() {
-        let m = v2(" [ \"1\" , \"2\" , \"t\" , \"e\" , { \"a\" : [ 1 , 2 ] } , 6 , {\"x\":[]} ]\n")
-            .unwrap();
-        assert_eq!(m.msg_ref, RawJson::from_string("2"));
-        assert_eq!(m.payload, json(r#"{"a":[1,2]}"#));
-    }
-
-    #[test]
-    fn numbers_as_refs_stay_numbers() {
-        let m = v2(r#"[7,-12,"t","e",null]"#).unwrap();
-        assert_eq!(m.join_ref, raw("7"));
-        assert_eq!(m.msg_ref, raw("-12"));
-        assert_eq!(m.payload, json("null"));
-        let m = v2(
-            r#"[18446744073709551615,-9223372036854775808,"t","e",[1.5,0.25,-0.5,1e300,1.0,2E2]]"#,
-        )
-        .unwrap();
-        assert_eq!(m.join_ref, raw("18446744073709551615"));
-        assert_eq!(m.msg_ref, raw("-9223372036854775808"));
-        assert_eq!(m.payload, json("[1.5,0.25,-0.5,1e+300,1.0,200.0]"));
-    }
-
-    #[test]
-    fn refs_and_names_that_are_not_strings() {
-        let m = v2(r#"[{"a":1},[true,false],42,null,"p"]"#).unwrap();
-        assert_eq!(m.join_ref, raw(r#"{"a":1}"#));
-        assert_eq!(m.msg_ref, raw("[true,false]"));
-        assert_eq!(m.topic, Name::Other(raw("42")));
-        assert_eq!(m.event, Name::Other(RawJson::null()));
-        assert_eq!(m.payload, json(r#""p""#));
-        let m = v2(r#"[null,null,{"t":[]},["e",{}],{}]"#).unwrap();
-        assert_eq!(m.topic, Name::Other(raw(r#"{"t":[]}"#)));
-        assert_eq!(m.event, Name::Other(raw(r#"["e",{}]"#)));
-    }
-
-    #[test]
-    fn strings_are_unescaped_then_reescaped() {
-        let m = v2(r#"["a\"b","\u0041\n","room:\u00e9\/x","e\\",{"k\t":"\ud83d\ude00\u0001"}]"#)
-            .unwrap();
-        assert_eq!(m.join_ref.as_bytes(), br#""a\"b""#);
-        assert_eq!(m.msg_ref.as_bytes(), br#""A\n""#);
-        assert_eq!(m.topic, Name::Str("room:é/x".into()));
-        assert_eq!(m.event, Name::Str("e\\".into()));
-        assert_eq!(m.payload, json("{\"k\\t\":\"😀\\u0001\"}"));
-    }
-
-    #[test]
-    fn payload_key_order_and_duplicates_survive() {
-        let m = v2(r#"[null,null,"t","e",{"z":1,"a":2,"z":3,"m":{"y":[],"b":{}}}]"#).unwrap();
-        assert_eq!(
-            m.payload,
-            json(r#"{"z":1,"a":2,"z":3,"m":{"y":[],"b":{}}}"#)
-        );
-    }
-
-    #[test]
-    fn deep_nesting_does_not_overflow() {
-        let depth = 100_000;
-        let text = format!(
-            r#"[null,null,"t","e",{}{}]"#,
-            "[".repeat(depth),
-            "]".repeat(depth)
-        );
-        let m = v2(&text).unwrap();
-        let Payload::Json(p) = m.payload else {
-            panic!("json")
-        };
-        assert_eq!(p.len(), depth * 2);
-        let text = format!(
-            r#"{{"topic":"t","x":{}{},"event":"e","payload":1,"ref":null}}"#,
-            "[".repeat(depth),
-            "]".repeat(depth)
-        );
-        assert_eq!(v1(&text).unwrap().event.as_str(), Some("e"));
-    }
-
-    #[test]
-    fn v1_object() {
-        let m = v1(r#"{"topic":"room:lobby","event":"phx_join","payload":{},"ref":"1"}"#).unwrap();
-        assert!(m.join_ref.is_null());
-        assert_eq!(m.msg_ref, RawJson::from_string("1"));
-        assert_eq!(m.topic.as_str(), Some("room:lobby"));
-        assert_eq!(m.event.as_str(), Some("phx_join"));
-        assert_eq!(m.payload, json("{}"));
-    }
-
-    #[test]
-    fn v1_null_fields_extra_keys_and_join_ref() {
-        let m =
-            v1(r#"{"ref":null,"payload":null,"event":null,"topic":null,"x":{"ref":1}}"#).unwrap();
-        assert!(m.msg_ref.is_null() && m.join_ref.is_null());
-        assert_eq!(m.topic, Name::Other(RawJson::null()));
-        assert_eq!(m.event, Name::Other(RawJson::null()));
-        assert_eq!(m.payload, json("null"));
-        let m = v1(r#"{"join_ref":5,"topic":"t","event":"e","payload":[1],"ref":6,"ref":"7"}"#)
-            .unwrap();
-        assert_eq!(m.join_ref, raw("5"));
-        assert_eq!(m.msg_ref, RawJson::from_string("7"), "last duplicate wins");
-        assert_eq!(m.payload, json("[1]"));
-    }
-
-    #[test]
-    fn error_not_json() {
-        for bad in [
-            "",
-            "[",
-            "[1,2",
-            "{\"a\"}",
-            "nul",
-            "[1] x",
-            "[\"\\x\"]",
-            "1e999999",
-            " ",
-        ] {
-            assert!(matches!(v2(bad), Err(DecodeError::NotJson(_))), "{bad:?}");
-            assert!(matches!(v1(bad), Err(DecodeError::NotJson(_))), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn error_invalid_utf8() {
-        let mut text = b"[null,null,\"\xff\",\"e\",{}]".to_vec();
-        assert_eq!(
-            decode_text(Serializer::V2, &mut text),
-            Err(DecodeError::InvalidUtf8)
-        );
-        assert_eq!(
-            DecodeError::InvalidUtf8.to_string(),
-            "text is not valid UTF-8"
-        );
-    }
-
-    #[test]
-    fn error_v2_shape() {
-        assert_eq!(v2(r#"{"topic":"t"}"#), Err(DecodeError::NotArray));
-        assert_eq!(v2("\"x\""), Err(DecodeError::NotArray));
-        assert_eq!(v2("[]"), Err(DecodeError::TooFewElements(0)));
-        assert_eq!(
-            v2(r#"[null,"1","t","e"]"#),
-            Err(DecodeError::TooFewElements(4))
-        );
-        assert_eq!(
-            DecodeError::TooFewElements(4).to_string(),
-            "expected at least 5 array elements, got 4"
-        );
-    }
-
-    #[test]
-    fn error_v1_shape() {
-        // A V2 array on a V1 connection: Phoenix's "expected a map".
-        assert_eq!(v1(r#"[null,"1","t","e",{}]"#), Err(DecodeError::NotObject));
-        assert_eq!(v1("7"), Err(DecodeError::NotObject));
-        let full = [
-            ("topic", r#""t""#),
-            ("event", r#""e""#),
-            ("payload", "{}"),
-            ("ref", "null"),
-        ];
-        for (missing, _) in full {
-            let fields: Vec<String> = full
-                .iter()
-                .filter(|(k, _)| *k != missing)
-                .map(|(k, v)| format!("\"{k}\":{v}"))
-                .collect();
-            let text = format!("{{{}}}", fields.join(","));
-            assert_eq!(v1(&text), Err(DecodeError::MissingKey(missing)), "{text}");
-        }
-        assert_eq!(
-            DecodeError::MissingKey("ref").to_string(),
-            "missing key \"ref\""
-        );
-    }
-}
+mod tests;

@@ -33,8 +33,6 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 1008;
 pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
 /// Close code of a forced disconnect and of the idle timeout (Phoenix ≥ 1.8.8).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code for input the server cannot process (Phoenix's crash code).
-pub const CLOSE_INTERNAL: u16 = 1011;
 /// Close code of a shutdown: clients reconnect, to the successor.
 pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 
@@ -253,7 +251,7 @@ impl Shard {
             Err(error) => {
                 tracing::debug!(shard = self.id, %error, "closing on an undecodable message");
                 ShardMetrics::add(&self.metrics().protocol_closes, 1);
-                self.close_websocket(key, CLOSE_INTERNAL, "malformed message", now);
+                self.close_websocket(key, error.close_code(), "malformed message", now);
             }
         }
     }
