@@ -65,6 +65,13 @@ config_section! {
         pub client_events_burst: u32 = 200,
         /// Whether `{path}/websocket` is served (turn off to force long-poll).
         pub websocket: bool = true,
+        /// Largest presence, in bytes: its key plus its `meta` object as compact
+        /// JSON. A join or `presence_update` over it gets
+        /// `{"reason":"presence meta too large"}`.
+        pub presence_meta_max: usize = 4096,
+        /// Largest sum of the presences one client tracks on all its topics;
+        /// over it, `{"reason":"presence meta total too large"}`.
+        pub presence_meta_total_max: usize = 65536,
         /// `[socket.longpoll]`: the long-poll endpoint `{path}/longpoll`.
         pub longpoll: LongPollConfig = LongPollConfig::default(),
         /// `[socket.auth]`: who may connect.

@@ -89,6 +89,18 @@ impl Config {
                 ),
             ));
         }
+        // A presence's size counts its key: room for an anonymous one (about
+        // 45 bytes) with a small meta.
+        at_least("socket.presence_meta_max", socket.presence_meta_max, 64)?;
+        if socket.presence_meta_total_max < socket.presence_meta_max {
+            return Err(ConfigError::invalid(
+                "socket.presence_meta_total_max",
+                format!(
+                    "must be at least socket.presence_meta_max ({})",
+                    socket.presence_meta_max
+                ),
+            ));
+        }
         Ok(())
     }
 }

@@ -42,6 +42,13 @@ pub enum MetaError {
     /// `meta` is present but not a JSON object.
     #[error("meta must be a JSON object")]
     NotAnObject,
+    /// The presence (meta and key) is over `socket.presence_meta_max`.
+    #[error("presence meta too large")]
+    TooLarge,
+    /// The client's presences together would be over
+    /// `socket.presence_meta_total_max`.
+    #[error("presence meta total too large")]
+    TotalTooLarge,
 }
 
 impl MetaData {
@@ -54,6 +61,18 @@ impl MetaData {
         phx_ref: String,
         phx_ref_prev: Option<&str>,
     ) -> Result<Meta, MetaError> {
+        MetaData::sized(object, phx_ref, phx_ref_prev).map(|(meta, _)| meta)
+    }
+
+    /// [`MetaData::new`], also returning the size of the client's part: its
+    /// object as compact JSON without the server's fields (`{}`, 2 bytes,
+    /// for `None`). Presence limits count this size.
+    pub fn sized(
+        object: Option<&serde_json::Value>,
+        phx_ref: String,
+        phx_ref_prev: Option<&str>,
+    ) -> Result<(Meta, usize), MetaError> {
+        let mut size = 2;
         let mut json = match object {
             None => String::from("{"),
             Some(serde_json::Value::Object(map)) => {
@@ -61,6 +80,7 @@ impl MetaData {
                 map.remove("phx_ref");
                 map.remove("phx_ref_prev");
                 let mut text = serde_json::Value::Object(map).to_string();
+                size = text.len();
                 text.pop(); // the closing brace
                 if text.len() > 1 {
                     text.push(',');
@@ -78,10 +98,11 @@ impl MetaData {
         }
         bytes.push(b'}');
         let json = String::from_utf8(bytes).expect("JSON built from strings is UTF-8");
-        Ok(Arc::new(MetaData {
+        let meta = Arc::new(MetaData {
             phx_ref: phx_ref.into_boxed_str(),
             json: json.into_boxed_str(),
-        }))
+        });
+        Ok((meta, size))
     }
 }
 
@@ -256,6 +277,18 @@ mod tests {
             MetaData::new(Some(&json!([1])), "R".into(), None),
             Err(MetaError::NotAnObject)
         );
+    }
+
+    #[test]
+    fn the_size_of_a_meta_is_the_client_object_alone() {
+        let object = json!({"s": "away", "phx_ref": "forged-and-long"});
+        let (meta, size) = MetaData::sized(Some(&object), "R2".into(), Some("R1")).unwrap();
+        assert_eq!(size, r#"{"s":"away"}"#.len());
+        assert!(meta.json.len() > size, "the server's refs are not counted");
+        let (_, size) = MetaData::sized(None, "R".into(), None).unwrap();
+        assert_eq!(size, 2);
+        let (_, size) = MetaData::sized(Some(&json!({})), "R".into(), None).unwrap();
+        assert_eq!(size, 2);
     }
 
     #[test]

@@ -78,7 +78,10 @@ pub enum Action {
     /// answer ([`hook_reply`]).
     AskEvent(HookAsk),
     /// Track this client's presence on a presence-enabled topic it just
-    /// joined, and push it the topic's `presence_state` (after the reply).
+    /// joined and send the join's reply, then push it the topic's
+    /// `presence_state`. A presence over the meta limits is not tracked: the
+    /// reply becomes an error and the shard undoes the join
+    /// ([`ChannelSet::undo_join`]).
     Track(PresenceJoin),
     /// Replace this client's presence metas (`presence_update`), then reply.
     UpdatePresence(PresenceUpdate),
@@ -97,6 +100,8 @@ pub struct PresenceJoin {
     pub payload: Payload,
     /// The route's index.
     pub route: usize,
+    /// The join's ok reply, sent once the presence is tracked.
+    pub reply: Outgoing,
 }
 
 /// A `presence_update` client event.
@@ -341,7 +346,6 @@ impl ChannelSet {
                 topic: pending.topic.clone(),
             });
         }
-        out.push(Action::Send(hook_reply(ask, verdict)));
         if joined && pending.presence {
             out.push(Action::Track(PresenceJoin {
                 topic: pending.topic,
@@ -349,8 +353,23 @@ impl ChannelSet {
                 join_ref: pending.join_ref,
                 payload: ask.payload.clone(),
                 route: pending.route,
+                reply: hook_reply(ask, verdict),
             }));
+        } else {
+            out.push(Action::Send(hook_reply(ask, verdict)));
         }
+    }
+
+    /// Undoes the join of `topic` by the instance `join_ref` after the shard
+    /// refused its presence: the channel goes, and its subscription, if
+    /// made, is returned for the shard to drop. Nothing happens (`None`) if
+    /// that instance is not joined.
+    pub fn undo_join(&mut self, topic: &str, join_ref: &RawJson) -> Option<SubscriptionSlot> {
+        let index = self
+            .channels
+            .iter()
+            .position(|c| c.topic == topic && c.join_ref == *join_ref)?;
+        self.channels.swap_remove(index).slot
     }
 
     /// Whether `msg` is a client event (what the per-connection event rate
@@ -449,7 +468,7 @@ impl ChannelSet {
                     out.push(Action::Subscribe {
                         topic: topic.clone(),
                     });
-                    out.push(reply(msg.join_ref.clone(), &msg, OK_EMPTY));
+                    let ok = reply_to(msg.join_ref.clone(), &msg, OK_EMPTY);
                     if route.presence.is_some() {
                         out.push(Action::Track(PresenceJoin {
                             topic,
@@ -457,7 +476,10 @@ impl ChannelSet {
                             join_ref,
                             payload: msg.payload.clone(),
                             route: route_index,
+                            reply: ok,
                         }));
+                    } else {
+                        out.push(Action::Send(ok));
                     }
                 }
             }
@@ -505,13 +527,18 @@ fn is_reserved(event: &str) -> bool {
 
 /// A `phx_reply` to `msg`: ref echoed, join_ref as given.
 fn reply(join_ref: RawJson, msg: &ClientMessage, payload: &'static [u8]) -> Action {
-    Action::Send(Outgoing {
+    Action::Send(reply_to(join_ref, msg, payload))
+}
+
+/// The message of [`reply`].
+fn reply_to(join_ref: RawJson, msg: &ClientMessage, payload: &'static [u8]) -> Outgoing {
+    Outgoing {
         join_ref,
         msg_ref: msg.msg_ref.clone(),
         topic: msg.topic.clone(),
         event: Cow::Borrowed("phx_reply"),
         payload: Cow::Borrowed(payload),
-    })
+    }
 }
 
 /// A `phx_close` for a channel instance: join_ref in both positions (§6.7).

@@ -347,16 +347,27 @@ fn close_all_returns_every_subscription() {
 }
 
 #[test]
-fn presence_routes_track_after_the_reply_and_take_updates() {
+fn presence_routes_track_with_the_reply_and_take_updates() {
     let mut set = ChannelSet::new(10);
+    let out = run(&mut set, msg(r#"1 1 lobby:a phx_join {"meta":{}}"#));
     assert_eq!(
-        said(&mut set, r#"1 1 lobby:a phx_join {"meta":{}}"#),
-        vec![
-            "subscribe lobby:a",
-            r#"send "1" "1" lobby:a phx_reply {"status":"ok","response":{}}"#,
-            r#"track lobby:a "1""#,
-        ]
+        describe(&out),
+        vec!["subscribe lobby:a", r#"track lobby:a "1""#]
     );
+    // The shard sends the reply once the presence is tracked (an error if
+    // the meta is over the limits, and then it undoes the join).
+    let Action::Track(join) = &out[1] else {
+        unreachable!()
+    };
+    assert_eq!(
+        describe(&[Action::Send(join.reply.clone())]),
+        [r#"send "1" "1" lobby:a phx_reply {"status":"ok","response":{}}"#]
+    );
+    assert!(
+        set.undo_join("lobby:a", &r("2")).is_none(),
+        "another instance"
+    );
+    assert_eq!(set.len(), 1);
     let out = said(&mut set, r#"1 2 lobby:a presence_update {"meta":{"s":1}}"#);
     assert_eq!(out, vec!["update presence lobby:a"]);
     // Other events keep the route's policy; routes without presence never track.
@@ -365,4 +376,7 @@ fn presence_routes_track_after_the_reply_and_take_updates() {
     assert!(out[0].contains("unhandled event"));
     let out = said(&mut set, "2 4 room:a phx_join {}");
     assert!(!out.iter().any(|a| a.starts_with("track")));
+    // Undoing the join drops the channel and hands back its subscription.
+    assert!(set.undo_join("lobby:a", &r("1")).is_some());
+    assert_eq!(set.len(), 1);
 }

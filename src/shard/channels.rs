@@ -98,7 +98,7 @@ impl Shard {
                 };
                 self.unsubscribe(id, &topic, kind, slot);
             }
-            Action::Track(join) => self.track_presence(id, join),
+            Action::Track(join) => self.track_presence(id, join, now),
             Action::UpdatePresence(update) => self.update_presence(id, update, now),
             Action::Publish {
                 content,

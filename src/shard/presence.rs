@@ -8,6 +8,12 @@
 //! `presence_state`, read from the replica — so, as on Phoenix, a joiner
 //! sees its join reply, the `presence_diff` announcing it, then a state
 //! that already holds it, and the JS `Presence` helper syncs once.
+//!
+//! The join's reply waits for the tracker: a presence over
+//! `socket.presence_meta_max`, or one taking the client's presences over
+//! `socket.presence_meta_total_max`, is not tracked, the join is undone and
+//! its reply is an error; a `presence_update` over them keeps the old meta
+//! and gets an error reply.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -21,9 +27,9 @@ use crate::fanout::broadcast::Content;
 use crate::fanout::topics::ClientId;
 use crate::metrics::ShardMetrics;
 use crate::presence::state::PresenceReplica;
-use crate::presence::tracker::{LocalPresence, UpdateError};
-use crate::presence::{presence_key, PresenceSync, RefMinter};
-use crate::protocol::channels::{reply_payload, Outgoing, PresenceJoin, PresenceUpdate};
+use crate::presence::tracker::{LocalPresence, MetaLimits, UpdateError};
+use crate::presence::{presence_key, MetaError, PresenceSync, RefMinter};
+use crate::protocol::channels::{reply_payload, Action, Outgoing, PresenceJoin, PresenceUpdate};
 use crate::protocol::message::{Name, Payload, RawJson};
 
 /// A joiner waiting for its `presence_state` until the turn's diffs are out.
@@ -74,6 +80,15 @@ impl Presence {
     }
 }
 
+/// The `response` of an error reply refusing a meta.
+fn refusal(error: &MetaError) -> &'static [u8] {
+    match error {
+        MetaError::NotAnObject => br#"{"reason":"meta must be a JSON object"}"#,
+        MetaError::TooLarge => br#"{"reason":"presence meta too large"}"#,
+        MetaError::TotalTooLarge => br#"{"reason":"presence meta total too large"}"#,
+    }
+}
+
 /// Parses a JSON payload into a value (joins and updates only; not the
 /// fan-out path).
 fn payload_value(payload: &Payload) -> Option<Value> {
@@ -84,19 +99,72 @@ fn payload_value(payload: &Payload) -> Option<Value> {
 }
 
 impl Shard {
-    /// Tracks a client that joined a presence-enabled topic; its state
-    /// follows at the end of the turn.
-    pub(super) fn track_presence(&mut self, id: ClientId, join: PresenceJoin) {
+    /// The configured bounds on presence metas.
+    fn meta_limits(&self) -> MetaLimits {
+        MetaLimits {
+            presence: self.config.socket.presence_meta_max,
+            client: self.config.socket.presence_meta_total_max,
+        }
+    }
+
+    /// Tracks a client that joined a presence-enabled topic and sends the
+    /// join's reply; its state follows at the end of the turn. A presence
+    /// over the limits is not tracked: the join is undone and its reply is
+    /// an error.
+    pub(super) fn track_presence(&mut self, id: ClientId, join: PresenceJoin, now: Instant) {
+        match self.track(id, &join) {
+            Ok(()) => self.send_message(id, &join.reply, now),
+            Err(error) => return self.refuse_join(id, join, &error, now),
+        }
+        let Some(client) = self.clients.get(id) else {
+            return;
+        };
+        self.presence.awaiting_state.push(StatePush {
+            client: id,
+            serial: client.serial,
+            topic: join.topic,
+            topic_name: join.topic_name,
+            join_ref: join.join_ref,
+        });
+    }
+
+    /// Answers a join whose presence was refused: the channel is left
+    /// silently (nothing was tracked, no diff goes out) and the reply says
+    /// why.
+    fn refuse_join(&mut self, id: ClientId, join: PresenceJoin, error: &MetaError, now: Instant) {
+        tracing::debug!(%error, topic = %join.topic, "presence refused");
+        let slot = self
+            .clients
+            .get_mut(id)
+            .and_then(|c| c.session.channels.undo_join(&join.topic, &join.join_ref));
+        if let Some(slot) = slot {
+            let mut actions = vec![Action::Unsubscribe {
+                topic: join.topic,
+                slot,
+            }];
+            self.apply_all(id, &mut actions, now);
+        }
+        let reply = Outgoing {
+            payload: Cow::Owned(reply_payload("error", refusal(error))),
+            ..join.reply
+        };
+        self.send_message(id, &reply, now);
+    }
+
+    /// Tracks the presence of a join, within the limits. A `meta` that is
+    /// not an object is ignored rather than failing the join.
+    fn track(&mut self, id: ClientId, join: &PresenceJoin) -> Result<(), MetaError> {
+        let limits = self.meta_limits();
         let Some(route) = self
             .config
             .routes
             .get(join.route)
-            .and_then(|r| r.presence.clone())
+            .and_then(|r| r.presence.as_ref())
         else {
-            return;
+            return Ok(());
         };
         let Some(client) = self.clients.get(id) else {
-            return;
+            return Ok(());
         };
         let serial = client.serial;
         let payload = payload_value(&join.payload);
@@ -108,22 +176,11 @@ impl Shard {
             client.session.identity().user_id.as_deref(),
             || format!("anonymous:{instance}:{shard}:{serial}"),
         );
-        // A `meta` that is not an object is ignored rather than failing a
-        // join that already succeeded.
         let meta = payload
             .as_ref()
             .and_then(|p| p.get("meta"))
             .filter(|m| m.is_object());
-        if let Err(error) = presence.tracker.track(&join.topic, id, &key, meta) {
-            tracing::debug!(%error, "presence not tracked");
-        }
-        presence.awaiting_state.push(StatePush {
-            client: id,
-            serial,
-            topic: join.topic,
-            topic_name: join.topic_name,
-            join_ref: join.join_ref,
-        });
+        presence.tracker.track(&join.topic, id, &key, meta, limits)
     }
 
     /// `presence_update`: replaces the caller's metas with the payload's
@@ -131,12 +188,15 @@ impl Shard {
     pub(super) fn update_presence(&mut self, id: ClientId, update: PresenceUpdate, now: Instant) {
         let payload = payload_value(&update.payload);
         let meta = payload.as_ref().and_then(|p| p.get("meta"));
-        let reply = match self.presence.tracker.update(&update.topic, id, meta) {
+        let limits = self.meta_limits();
+        let reply = match self
+            .presence
+            .tracker
+            .update(&update.topic, id, meta, limits)
+        {
             Ok(()) => reply_payload("ok", b"{}"),
             Err(UpdateError::NotTracked) => reply_payload("error", br#"{"reason":"not tracked"}"#),
-            Err(UpdateError::Meta(_)) => {
-                reply_payload("error", br#"{"reason":"meta must be a JSON object"}"#)
-            }
+            Err(UpdateError::Meta(error)) => reply_payload("error", refusal(&error)),
         };
         let reply = Outgoing {
             join_ref: update.join_ref,
