@@ -311,17 +311,33 @@ mod tests {
         client: 250,
     };
 
+    /// Tracks `client` on `topic` under `key` with a meta of `meta_len`
+    /// bytes, within [`LIMITS`].
+    fn track(
+        local: &mut LocalPresence,
+        topic: &str,
+        client: usize,
+        key: &str,
+        meta_len: usize,
+    ) -> Result<(), MetaError> {
+        local.track(
+            topic,
+            ClientId(client),
+            key,
+            Some(&meta_of(meta_len)),
+            LIMITS,
+        )
+    }
+
     #[test]
     fn a_presence_is_its_key_plus_its_meta_object() {
         let mut local = LocalPresence::new(RefMinter::new(1, 0));
         // Key 4 bytes + meta 96 = 100: at the limit.
-        local
-            .track("a", ClientId(1), "ann1", Some(&meta_of(96)), LIMITS)
-            .unwrap();
+        track(&mut local, "a", 1, "ann1", 96).unwrap();
         assert_eq!(local.usage(ClientId(1)), (1, 100));
         // One byte more in the key is too much; nothing changes.
         assert_eq!(
-            local.track("b", ClientId(1), "ann12", Some(&meta_of(96)), LIMITS),
+            track(&mut local, "b", 1, "ann12", 96),
             Err(MetaError::TooLarge)
         );
         // The server's refs do not count; no meta counts as `{}`.
@@ -374,12 +390,8 @@ mod tests {
     #[test]
     fn an_update_over_a_limit_keeps_the_old_meta() {
         let mut local = LocalPresence::new(RefMinter::new(1, 0));
-        local
-            .track("t1", ClientId(1), "k-10", Some(&meta_of(96)), LIMITS)
-            .unwrap();
-        local
-            .track("t2", ClientId(1), "k-10", Some(&meta_of(56)), LIMITS)
-            .unwrap();
+        track(&mut local, "t1", 1, "k-10", 96).unwrap();
+        track(&mut local, "t2", 1, "k-10", 56).unwrap();
         local.take_diffs().for_each(drop);
         assert_eq!(local.usage(ClientId(1)), (2, 160));
         assert_eq!(
@@ -391,9 +403,7 @@ mod tests {
             .update("t2", ClientId(1), Some(&meta_of(96)), LIMITS)
             .unwrap();
         assert_eq!(local.usage(ClientId(1)), (2, 200));
-        local
-            .track("t3", ClientId(1), "k-10", Some(&meta_of(40)), LIMITS)
-            .unwrap();
+        track(&mut local, "t3", 1, "k-10", 40).unwrap();
         // 244 held; growing t3 by 10 bytes would make 254.
         assert_eq!(
             local.update("t3", ClientId(1), Some(&meta_of(50)), LIMITS),

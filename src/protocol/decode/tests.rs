@@ -94,19 +94,24 @@ fn payload_key_order_and_duplicates_survive() {
     );
 }
 
-#[test]
-fn deep_nesting_does_not_overflow() {
-    let depth = 100_000;
+/// The payload length of a V2 push whose payload is `depth` nested arrays
+/// around `core`.
+fn nested_payload_len(depth: usize, core: &str) -> usize {
     let text = format!(
-        r#"[null,null,"t","e",{}{}]"#,
+        r#"[null,null,"t","e",{}{core}{}]"#,
         "[".repeat(depth),
         "]".repeat(depth)
     );
-    let m = v2(&text).unwrap();
-    let Payload::Json(p) = m.payload else {
+    let Payload::Json(p) = v2(&text).unwrap().payload else {
         panic!("json")
     };
-    assert_eq!(p.len(), depth * 2);
+    p.len()
+}
+
+#[test]
+fn deep_nesting_does_not_overflow() {
+    let depth = 100_000;
+    assert_eq!(nested_payload_len(depth, ""), depth * 2);
     let text = format!(
         r#"{{"topic":"t","x":{}{},"event":"e","payload":1,"ref":null}}"#,
         "[".repeat(depth),
@@ -114,16 +119,7 @@ fn deep_nesting_does_not_overflow() {
     );
     assert_eq!(v1(&text).unwrap().event.as_str(), Some("e"));
     // The verbatim path (a float at the bottom) is iterative as well.
-    let text = format!(
-        r#"[null,null,"t","e",{}1.0e2{}]"#,
-        "[".repeat(depth),
-        "]".repeat(depth)
-    );
-    let m = v2(&text).unwrap();
-    let Payload::Json(p) = m.payload else {
-        panic!("json")
-    };
-    assert_eq!(p.len(), depth * 2 + 5);
+    assert_eq!(nested_payload_len(depth, "1.0e2"), depth * 2 + 5);
     let text = format!(
         r#"{{"topic":"t","x":{}-0{},"event":"e","payload":1,"ref":null}}"#,
         "[".repeat(depth),
