@@ -100,6 +100,7 @@ pub fn decode_text(serializer: Serializer, text: &mut [u8]) -> Result<ClientMess
     } else {
         None
     };
+    validate_json(text)?;
     match simd_json::to_tape(text) {
         Ok(tape) if !has_inexact_number(&tape.0) => {
             return match serializer {
@@ -117,6 +118,19 @@ pub fn decode_text(serializer: Serializer, text: &mut [u8]) -> Result<ClientMess
         },
     }
     verbatim::decode_verbatim(serializer, pristine.as_deref().unwrap_or(text))
+}
+
+/// Refuses text that is not exactly one JSON value, before simd-json sees
+/// it: simd-json accepts a few malformed number tokens (an integer of 20
+/// digits running into the next token, a NUL after a digit) and would turn
+/// them into other data. serde_json's raw-value parse checks the grammar
+/// without building anything and without a nesting limit. UTF-8 is checked
+/// first, so invalid UTF-8 still closes with 1007.
+fn validate_json(text: &[u8]) -> Result<(), DecodeError> {
+    std::str::from_utf8(text).map_err(|_| DecodeError::InvalidUtf8)?;
+    serde_json::from_slice::<&serde_json::value::RawValue>(text)
+        .map(|_| ())
+        .map_err(|e| DecodeError::NotJson(e.to_string()))
 }
 
 /// Whether the tape holds a number that would not be written back as the
