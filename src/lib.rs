@@ -21,6 +21,7 @@
 //! | [`presence`] | presence tracking, per-turn diffs and each shard's replica of the state |
 //! | [`config`] | the TOML configuration, defaults and validation |
 //! | [`metrics`] | per-shard counters |
+//! | [`fuzzing`] | the bodies of the `cargo fuzz` targets in `fuzz/`, replayed on stable by `tests/fuzz_replay.rs` |
 //!
 //! The path of a broadcast, from `POST /api/broadcast` or a client push to
 //! every subscriber's socket on every shard, is drawn in
@@ -32,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod connect;
 pub mod fanout;
+pub mod fuzzing;
 pub mod hooks;
 pub mod limits;
 pub mod longpoll;

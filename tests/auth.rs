@@ -216,7 +216,9 @@ fn post(server: &TestServer, path: &str, body: &str) -> (u16, String) {
 fn forced_disconnect_closes_every_connection_of_the_user_on_every_shard() {
     let server = TestServer::start_with_shards(2, PRIVATE);
     // Ten connections: all landing on one shard by chance is a 1-in-500 event.
-    let mut alices: Vec<Client> = (0..10).map(|_| connect_as(&server, "alice", None)).collect();
+    let mut alices: Vec<Client> = (0..10)
+        .map(|_| connect_as(&server, "alice", None))
+        .collect();
     let mut bob = connect_as(&server, "bob", None);
     for (i, alice) in alices.iter_mut().enumerate() {
         alice.join("user:alice", &i.to_string());

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::cli::{Cli, Command};
 use crate::outcome::{self, Loss, EXIT_ERROR};
 use crate::report::Report;
-use crate::scenario::{ceiling, chat, connect, fanout, idle, presence, sweep};
+use crate::scenario::{ceiling, chat, connect, fanout, idle, presence, soak, sweep};
 
 /// Runs `cli` and returns the process exit code: [`outcome::EXIT_OK`],
 /// [`EXIT_ERROR`] (with the reason on stderr) or [`outcome::EXIT_LOST`]
@@ -41,6 +41,8 @@ fn execute(command: &Command) -> Result<Vec<Loss>, String> {
             println!("chart written to {}", args.svg.display());
             Ok(report.losses())
         }
+        // The soak prints its lines as it goes and saves its own files.
+        Command::Soak(args) => Ok(soak::run(args)?.losses()),
         Command::Ceiling(args) => {
             ceiling::run(args)?.print();
             Ok(Vec::new())

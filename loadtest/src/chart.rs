@@ -1,9 +1,10 @@
-//! SVG charts of sweep results (plotters, SVG backend: no fonts or native
-//! libraries needed).
+//! SVG charts (plotters, SVG backend: no fonts or native libraries needed).
 //!
-//! One figure: a two-line title (the scenario and every setting that shapes
-//! the numbers, so two charts can be compared), then three panels against
-//! the shard count: deliveries/s, p99 latency and server CPU per delivery.
+//! A sweep's figure: a two-line title (the scenario and every setting that
+//! shapes the numbers, so two charts can be compared), then three panels
+//! against the shard count: deliveries/s, p99 latency and server CPU per
+//! delivery. A soak's figure ([`minutes_svg`]): the same title, then panels
+//! against the minute, with the warm-up marked.
 
 use std::ops::Range;
 use std::path::Path;
@@ -146,6 +147,150 @@ pub fn sweep_svg(sweep: &SweepReport, path: &Path) -> Result<(), Box<dyn std::er
         panel(area, axis.clone(), name, &points, format)?;
     }
     root.present()?;
+    Ok(())
+}
+
+/// One panel of a chart over minutes.
+#[derive(Debug, Clone)]
+pub struct MinutePanel {
+    /// Caption, e.g. `server RSS`.
+    pub name: String,
+    /// (minute, value) points; minutes not measured are left out.
+    pub points: Vec<(f64, f64)>,
+    /// Formats the axis values.
+    pub format: fn(f64) -> String,
+    /// A tolerance band (low, high) shaded over the minutes after the
+    /// warm-up, e.g. the ±10 % a flat series must stay within.
+    pub band: Option<(f64, f64)>,
+    /// The y axis reaches at least this (so a series of zeros, e.g. lost
+    /// messages, gets a readable axis).
+    pub floor: f64,
+    /// (minute, low, high): the range a value moved in within each minute,
+    /// drawn as a vertical bar behind the line.
+    pub spans: Vec<(f64, f64, f64)>,
+}
+
+/// Height of one row of minute panels.
+const MINUTE_ROW_HEIGHT: u32 = 400;
+
+/// Draws `panels`, two per row, against the minute (1 … `minutes`), with a
+/// line where the `warmup` minutes end.
+pub fn minutes_svg(
+    title: &str,
+    parameters: &str,
+    minutes: u32,
+    warmup: u32,
+    panels: &[MinutePanel],
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let rows = panels.len().div_ceil(2).max(1);
+    let height = TITLE_HEIGHT + MINUTE_ROW_HEIGHT * rows as u32;
+    let root = SVGBackend::new(path, (SIZE.0, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (head, body) = root.split_vertically(TITLE_HEIGHT);
+    head.draw_text(
+        title,
+        &("sans-serif", 22).into_font().color(&BLACK),
+        (16, 8),
+    )?;
+    head.draw_text(
+        parameters,
+        &("sans-serif", 15).into_font().color(&RGBColor(80, 80, 80)),
+        (16, 38),
+    )?;
+    for (area, panel) in body.split_evenly((rows, 2)).iter().zip(panels) {
+        minute_panel(area, minutes.max(1), warmup, panel)?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn minute_panel<DB>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    minutes: u32,
+    warmup: u32,
+    panel: &MinutePanel,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB: DrawingBackend,
+    DB::ErrorType: 'static,
+{
+    let highest = panel
+        .points
+        .iter()
+        .map(|p| p.1)
+        .chain(panel.band.map(|b| b.1))
+        .chain(panel.spans.iter().map(|s| s.2))
+        .fold(panel.floor, f64::max);
+    let top = highest.max(1e-9) * 1.2;
+    let right = f64::from(minutes) + 0.5;
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.name, ("sans-serif", 17))
+        .margin(14)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.5..right, 0.0..top)?;
+    // Only whole minutes get a label.
+    let x_label = |x: &f64| {
+        if (x - x.round()).abs() < 1e-6 {
+            format!("{}", x.round() as i64)
+        } else {
+            String::new()
+        }
+    };
+    let format = panel.format;
+    let y_label = |value: &f64| format(*value);
+    chart
+        .configure_mesh()
+        .x_desc("minute")
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 14))
+        .max_light_lines(1)
+        .x_labels(minutes.min(15) as usize)
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&y_label)
+        .y_labels(6)
+        .draw()?;
+    let grey = RGBColor(150, 150, 150);
+    let judged_from = f64::from(warmup) + 0.5;
+    if let Some((low, high)) = panel.band {
+        chart.draw_series(std::iter::once(Rectangle::new(
+            [(judged_from.max(0.5), low), (right, high)],
+            RGBColor(120, 200, 120).mix(0.2).filled(),
+        )))?;
+    }
+    if warmup > 0 && warmup < minutes {
+        chart.draw_series(LineSeries::new(
+            [(judged_from, 0.0), (judged_from, top)],
+            &grey,
+        ))?;
+        let style = ("sans-serif", 13).into_font().color(&grey);
+        chart.draw_series(std::iter::once(Text::new(
+            "warm-up",
+            (judged_from - 0.4, top * 0.97),
+            style.pos(Pos::new(HPos::Right, VPos::Top)),
+        )))?;
+    }
+    if panel.points.is_empty() {
+        let (w, h) = area.dim_in_pixel();
+        area.draw_text(
+            "n/a (not measured)",
+            &("sans-serif", 16).into_font().color(&grey),
+            (w as i32 / 2 - 60, h as i32 / 2),
+        )?;
+        return Ok(());
+    }
+    let span_colour = RGBColor(120, 160, 230);
+    chart.draw_series(panel.spans.iter().map(|&(x, low, high)| {
+        PathElement::new(vec![(x, low), (x, high)], span_colour.stroke_width(3))
+    }))?;
+    chart.draw_series(LineSeries::new(panel.points.iter().copied(), &BLUE))?;
+    chart.draw_series(
+        panel
+            .points
+            .iter()
+            .map(|&(x, y)| Circle::new((x, y), 3, BLUE.filled())),
+    )?;
     Ok(())
 }
 
@@ -293,6 +438,48 @@ mod tests {
             row(4, 3e6, 700.0, None),
         ]);
         assert!(texts.iter().any(|t| t == "n/a (not measured)"), "{texts:?}");
+    }
+
+    #[test]
+    fn minute_charts_show_every_panel_the_warm_up_and_gaps() {
+        let path = std::env::temp_dir().join(format!("cinder-minutes-{}.svg", std::process::id()));
+        let panel = |name: &str, points: Vec<(f64, f64)>, band| MinutePanel {
+            name: name.into(),
+            points,
+            format: human,
+            band,
+            floor: 0.0,
+            spans: Vec::new(),
+        };
+        let panels = [
+            panel(
+                "server RSS",
+                (1..=30).map(|m| (m as f64, 5e6)).collect(),
+                Some((5e6, 5.5e6)),
+            ),
+            panel("open fds", Vec::new(), None),
+            panel("deliveries/s", vec![(1.0, 1.5e5), (2.0, 1.6e5)], None),
+            panel("p99 latency", vec![(1.0, 900.0)], None),
+        ];
+        minutes_svg("Cinder soak", "2k subscribers", 30, 5, &panels, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        for expected in [
+            "Cinder soak",
+            "2k subscribers",
+            "server RSS",
+            "open fds",
+            "n/a (not measured)",
+            "warm-up",
+            "minute",
+            "4M",
+            "150k",
+            "30",
+        ] {
+            assert!(svg.contains(expected), "no {expected:?}");
+        }
+        // Whole minutes only on the x axis.
+        assert!(!svg.contains(">2.5<"));
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub enum Command {
     Presence(PresenceArgs),
     /// Starts the Cinder binary with each shard count and runs a scenario against each.
     Sweep(SweepArgs),
+    /// Mixed load for a long time (healthy subscribers, churn, presence,
+    /// long-poll, slow consumers, abusive connections); one line per minute
+    /// with the server's RSS, fds and connections, deliveries/s, latency
+    /// and lost messages, then a chart.
+    Soak(SoakArgs),
     /// The machine's own limit: one pre-encoded frame per write() to C loopback sockets, no protocol.
     Ceiling(CeilingArgs),
     /// Internal: the reading side of `ceiling`, run as a child process.
@@ -261,6 +266,109 @@ pub enum SweepScenario {
     Fanout(FanoutArgs),
     /// See `cinder-load chat --help`.
     Chat(ChatArgs),
+}
+
+/// `soak`: mixed load against a running server for a long time.
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// WebSocket endpoint of the server; the long-poll endpoint and
+    /// `/metrics` are found next to it.
+    #[arg(long, default_value = "ws://127.0.0.1:4000/socket/websocket")]
+    pub url: String,
+    /// HTTP publish API.
+    #[arg(long, default_value = "http://127.0.0.1:4000/api/broadcast")]
+    pub publish: String,
+    /// `Authorization: Bearer` key for the publish API.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// How long to run, in minutes (one report line per minute).
+    #[arg(long, default_value_t = 30)]
+    pub minutes: u32,
+    /// Healthy subscribers: joined for the whole run; every message
+    /// published to their topic must reach them exactly once.
+    #[arg(long, default_value_t = 2000)]
+    pub conns: usize,
+    /// Topics of the healthy subscribers (`PREFIX:0` … `PREFIX:T-1`).
+    #[arg(long, default_value_t = 10)]
+    pub topics: usize,
+    /// Prefix of the broadcast topics; the slow consumers' topic is `PREFIX:slow`.
+    #[arg(long, default_value = "soak")]
+    pub topic_prefix: String,
+    /// Messages per second published over the healthy topics (e.g. half the
+    /// maximum `fanout --rate max` measured on the same topology).
+    #[arg(long)]
+    pub rate: f64,
+    /// Most messages per publish request.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Payload size of the measured messages.
+    #[arg(long, default_value_t = 64)]
+    pub payload_bytes: usize,
+    /// Churning clients started per second: each connects, joins, stays
+    /// --churn-hold, leaves, and closes the WebSocket.
+    #[arg(long, default_value_t = 50.0)]
+    pub churn_rate: f64,
+    /// How long a churning client stays joined.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub churn_hold: Duration,
+    /// Share of the churning clients that join a presence topic instead of
+    /// a broadcast topic.
+    #[arg(long, default_value_t = 0.5)]
+    pub presence_share: f64,
+    /// Presence topics are `PREFIX:0` … `PREFIX:N-1`; a route must enable presence on them.
+    #[arg(long, default_value = "presence")]
+    pub presence_prefix: String,
+    /// Number of presence topics.
+    #[arg(long, default_value_t = 5)]
+    pub presence_topics: usize,
+    /// Long-poll clients (each on its own thread, joined to a broadcast topic).
+    #[arg(long, default_value_t = 4)]
+    pub longpoll: usize,
+    /// Slow consumers started per minute, alternately one that stops reading
+    /// and one that reads a few KiB a second; the server should close them.
+    #[arg(long, default_value_t = 2)]
+    pub slow_per_minute: u32,
+    /// Messages per second published to the slow consumers' topic.
+    #[arg(long, default_value_t = 32.0)]
+    pub slow_rate: f64,
+    /// Payload size of the slow consumers' messages.
+    #[arg(long, default_value_t = 8192)]
+    pub slow_payload_bytes: usize,
+    /// How long a slow consumer stalls (or trickles) before it reads at
+    /// full speed to see what the server did.
+    #[arg(long, value_parser = parse_duration, default_value = "45s")]
+    pub slow_stall: Duration,
+    /// Rounds of abusive connections per minute; a round is garbage HTTP,
+    /// oversized headers, a malformed WebSocket frame and a slowloris.
+    #[arg(long, default_value_t = 1)]
+    pub abuse_rounds: u32,
+    /// Event-loop threads for the WebSocket clients.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Heartbeat period per WebSocket, as the JS client sends them.
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    pub heartbeat: Duration,
+    /// Minutes counted as warm-up: the flatness checks (RSS, fds, p99)
+    /// start after them.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u32,
+    /// How long after a minute ends its deliveries are counted (messages
+    /// still missing then are reported lost for that minute; the final
+    /// total is counted again at the very end).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub settle: Duration,
+    /// How long connecting and joining the healthy subscribers may take.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    pub setup_timeout: Duration,
+    /// PID of the server: RSS, CPU and open file descriptors from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the per-minute figures and the summary as JSON (rewritten every minute).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Where to draw the chart (RSS, fds, deliveries/s, p99 per minute).
+    #[arg(long, default_value = "soak.svg")]
+    pub svg: PathBuf,
 }
 
 /// `ceiling`: the bare write loop.

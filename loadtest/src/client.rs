@@ -180,6 +180,8 @@ pub struct Client {
     pub next_heartbeat_ns: u64,
     /// When the join succeeded (0 if it has not).
     pub joined_ns: u64,
+    /// The answer to [`Client::leave`]: `Some(true)` once it was ok.
+    pub leave_reply: Option<bool>,
     key: String,
     input: Vec<u8>,
     output: Vec<u8>,
@@ -189,6 +191,7 @@ pub struct Client {
     join_ref: u64,
     join_sent_ns: u64,
     last_heartbeat_ref: u64,
+    leave_ref: u64,
     mask_state: u32,
 }
 
@@ -234,6 +237,7 @@ impl Client {
             started_ns: now,
             next_heartbeat_ns: u64::MAX,
             joined_ns: 0,
+            leave_reply: None,
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
@@ -242,6 +246,7 @@ impl Client {
             join_ref: 0,
             join_sent_ns: 0,
             last_heartbeat_ref: 0,
+            leave_ref: 0,
             mask_state: seed,
         })
     }
@@ -410,6 +415,8 @@ impl Client {
                     ctx.on_joined(self.join_sent_ns, self.spec.topic);
                 } else if reference == Some(self.last_heartbeat_ref) {
                     ctx.heartbeat_replies += 1;
+                } else if self.leave_ref != 0 && reference == Some(self.leave_ref) {
+                    self.leave_reply = Some(ok);
                 } else if ok {
                     self.pushes_acked += 1;
                     ctx.on_push_acked(self.spec.topic);
@@ -417,6 +424,9 @@ impl Client {
                     self.push_errors += 1;
                 }
             }
+            // After a leave, the server ends the channel: that is the
+            // leave completing, not a failure.
+            Incoming::ChannelEnded if self.leave_ref != 0 => {}
             Incoming::ChannelEnded => return Err(Failure::ChannelEnded),
             Incoming::PresenceState => ctx.on_presence(message, false),
             Incoming::PresenceDiff => ctx.on_presence(message, true),
@@ -459,6 +469,25 @@ impl Client {
         );
         self.send(opcode::TEXT, &message);
         self.pushes_sent += 1;
+        self.flush()
+    }
+
+    /// Leaves the joined topic (`phx_leave`); the answer lands in
+    /// [`Client::leave_reply`], and the `phx_close` that follows it is not
+    /// treated as the server ending the channel.
+    pub fn leave(&mut self, ctx: &LoopContext) -> Result<(), Failure> {
+        self.leave_ref = self.take_ref();
+        let mut message = Vec::with_capacity(64);
+        phoenix::encode_push(
+            ctx.serializer,
+            &mut message,
+            &self.spec.topic_name,
+            Some(self.join_ref),
+            self.leave_ref,
+            "phx_leave",
+            b"{}",
+        );
+        self.send(opcode::TEXT, &message);
         self.flush()
     }
 

@@ -19,9 +19,9 @@
 //! - [`report`]: the figures of a run, printed as a table and as JSON.
 //! - [`outcome`]: exit codes; any lost message makes the process fail.
 //! - [`mod@format`]: numbers for people (`3.5M`, `2.4 µs`), for charts.
-//! - [`chart`]: the SVG chart of a `sweep`.
+//! - [`chart`]: the SVG charts of a `sweep` and of a `soak`.
 //! - [`scenario`]: the subcommands (`fanout`, `chat`, `connect`, `idle`,
-//!   `sweep`, `ceiling`).
+//!   `presence`, `sweep`, `soak`, `ceiling`).
 //!
 //! Every latency is measured inside this one process with one monotonic
 //! clock: the publisher stamps the send time into the payload, and the

@@ -61,7 +61,7 @@ pub enum Publisher {
 
 impl Publisher {
     /// Sends `messages` (topic number, stamp) in one request or one write.
-    fn send(
+    pub fn send(
         &mut self,
         shape: &MessageShape,
         messages: &[(usize, Stamp)],

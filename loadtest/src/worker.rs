@@ -162,6 +162,38 @@ pub struct LoopContext {
 }
 
 impl LoopContext {
+    /// A context for a loop whose clients speak `serializer`, heartbeat
+    /// every `heartbeat` and report into `shared`. Scenarios with their own
+    /// event loop (`soak`) build one per kind of client, so the deliveries
+    /// of one kind never mix with another's.
+    pub fn new(serializer: Serializer, heartbeat: Duration, shared: Arc<Shared>) -> LoopContext {
+        LoopContext {
+            serializer,
+            heartbeat_ns: heartbeat.as_nanos() as u64,
+            now_ns: clock::now_ns(),
+            windows: Vec::new(),
+            handshake: new_histogram(),
+            join: new_histogram(),
+            heartbeat_replies: 0,
+            other_messages: 0,
+            last_upgraded_ns: 0,
+            last_joined_ns: 0,
+            unpublished_deliveries: 0,
+            shared,
+        }
+    }
+
+    /// Adds the deliveries counted since the last call to
+    /// [`Shared::received`] (once per loop turn, not per message).
+    pub fn flush_deliveries(&mut self) {
+        if self.unpublished_deliveries > 0 {
+            self.shared
+                .received
+                .fetch_add(self.unpublished_deliveries, Ordering::Relaxed);
+            self.unpublished_deliveries = 0;
+        }
+    }
+
     /// A client's upgrade succeeded.
     pub fn on_upgraded(&mut self, started_ns: u64) {
         let _ = self
@@ -290,20 +322,7 @@ pub fn run(plan: WorkerPlan, shared: Arc<Shared>) -> std::io::Result<WorkerResul
     let mut outcomes = Vec::with_capacity(plan.specs.len());
     let mut failures = BTreeMap::new();
     let mut scratch = vec![0u8; 256 * 1024];
-    let mut ctx = LoopContext {
-        serializer: plan.serializer,
-        heartbeat_ns: plan.heartbeat.as_nanos() as u64,
-        now_ns: clock::now_ns(),
-        windows: Vec::new(),
-        handshake: new_histogram(),
-        join: new_histogram(),
-        heartbeat_replies: 0,
-        other_messages: 0,
-        last_upgraded_ns: 0,
-        last_joined_ns: 0,
-        unpublished_deliveries: 0,
-        shared: shared.clone(),
-    };
+    let mut ctx = LoopContext::new(plan.serializer, plan.heartbeat, shared.clone());
     let start_ns = clock::now_ns();
     let mut opened = 0usize;
     let mut pending = 0usize;
@@ -424,12 +443,7 @@ pub fn run(plan: WorkerPlan, shared: Arc<Shared>) -> std::io::Result<WorkerResul
                 ),
             }
         }
-        if ctx.unpublished_deliveries > 0 {
-            shared
-                .received
-                .fetch_add(ctx.unpublished_deliveries, Ordering::Relaxed);
-            ctx.unpublished_deliveries = 0;
-        }
+        ctx.flush_deliveries();
     }
 
     for mut client in clients.drain() {

@@ -119,3 +119,54 @@ fn a_run_without_loss_exits_zero_and_says_nothing_of_loss() {
     assert_eq!(out.status.code(), Some(0));
     assert!(!text(&out.stderr).contains("LOST"));
 }
+
+#[test]
+fn a_soak_without_a_server_fails_at_once_and_writes_nothing() {
+    let port = closed_port();
+    let dir = std::env::temp_dir().join(format!("cinder-load-soak-{}", std::process::id()));
+    let (json, svg) = (dir.join("soak.json"), dir.join("soak.svg"));
+    let out = cinder_load(&[
+        "soak",
+        "--url",
+        &format!("ws://127.0.0.1:{port}/socket/websocket"),
+        "--publish",
+        &format!("http://127.0.0.1:{port}/api/broadcast"),
+        "--conns",
+        "3",
+        "--rate",
+        "10",
+        "--minutes",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no healthy subscriber joined"), "{stderr}");
+    assert!(stderr.contains("connect"), "{stderr}");
+    assert!(!json.exists() && !svg.exists());
+}
+
+#[test]
+fn a_soak_refuses_settings_that_cannot_work() {
+    for (flag, value, complaint) in [
+        ("--minutes", "0", "--minutes must be at least 1"),
+        (
+            "--presence-share",
+            "1.5",
+            "--presence-share must be between 0 and 1",
+        ),
+        ("--settle", "55s", "--settle must be shorter than 50 s"),
+    ] {
+        let out = cinder_load(&["soak", "--rate", "10", flag, value]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {stderr}");
+        assert!(stderr.contains(complaint), "{flag}: {stderr}");
+    }
+    // A rate is required: the script computes it from a measured maximum.
+    let out = cinder_load(&["soak"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--rate"));
+}

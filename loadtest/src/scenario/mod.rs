@@ -8,6 +8,7 @@ pub mod connect;
 pub mod fanout;
 pub mod idle;
 pub mod presence;
+pub mod soak;
 pub mod sweep;
 
 use std::collections::BTreeMap;
