@@ -274,8 +274,7 @@ impl Routes {
 }
 
 /// A route with no event allow-list and no presence, the fixture the route
-/// and channel tests build their tables from.
-#[cfg(test)]
+/// and channel tests and the channel fuzz target build their tables from.
 pub(crate) fn plain_route(
     pattern: &str,
     join: JoinPolicy,
@@ -288,6 +287,34 @@ pub(crate) fn plain_route(
         events: None,
         presence: None,
     }
+}
+
+/// The route table the channel tests and the channel fuzz target join
+/// against: every client event policy, both join policies of the table
+/// kind, an event allow-list and a presence route.
+pub(crate) fn example_routes() -> Vec<Route> {
+    vec![
+        plain_route("room:forbidden", JoinPolicy::Deny, ClientEventPolicy::Deny),
+        plain_route("room:*", JoinPolicy::Public, ClientEventPolicy::Broadcast),
+        plain_route(
+            "from:*",
+            JoinPolicy::Public,
+            ClientEventPolicy::BroadcastFrom,
+        ),
+        plain_route("quiet:*", JoinPolicy::Public, ClientEventPolicy::Deny),
+        plain_route("hook:*", JoinPolicy::Webhook, ClientEventPolicy::Webhook),
+        Route {
+            events: Some(vec!["msg".into(), "typing".into()]),
+            ..plain_route("chat:*", JoinPolicy::Public, ClientEventPolicy::Broadcast)
+        },
+        Route {
+            presence: Some(PresenceRoute {
+                key_field: None,
+                update_event: "presence_update".into(),
+            }),
+            ..plain_route("lobby:*", JoinPolicy::Public, ClientEventPolicy::Deny)
+        },
+    ]
 }
 
 #[cfg(test)]

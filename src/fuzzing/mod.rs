@@ -50,9 +50,7 @@ use crate::protocol::channels::{Action, ChannelSet, HookAsk, HookVerdict};
 use crate::protocol::decode::{decode_binary, decode_text, DecodeError};
 use crate::protocol::encode::encode_text;
 use crate::protocol::message::{ClientMessage, Name, Payload, RawJson, Serializer};
-use crate::routes::{
-    ClientEventPolicy, JoinPolicy, Pattern, PresenceRoute, Route, Routes, HEARTBEAT_TOPIC,
-};
+use crate::routes::{ClientEventPolicy, JoinPolicy, Routes, HEARTBEAT_TOPIC};
 use crate::transport::chunked::ChunkedDecoder;
 use crate::transport::frame::{
     close_frame, frame_len, write_frame, Decoded, FrameDecoder, WsError, WsEvent,

@@ -1,31 +1,10 @@
 //! Unit tests of the channel state machine: every rule of Phoenix's channel protocol, no sockets.
 
 use super::*;
-use crate::routes::{plain_route, JoinPolicy, PresenceRoute, Route};
+use crate::routes::example_routes;
 
 fn routes() -> Routes {
-    Routes::new(vec![
-        plain_route("room:forbidden", JoinPolicy::Deny, ClientEventPolicy::Deny),
-        plain_route("room:*", JoinPolicy::Public, ClientEventPolicy::Broadcast),
-        plain_route(
-            "from:*",
-            JoinPolicy::Public,
-            ClientEventPolicy::BroadcastFrom,
-        ),
-        plain_route("quiet:*", JoinPolicy::Public, ClientEventPolicy::Deny),
-        plain_route("hook:*", JoinPolicy::Webhook, ClientEventPolicy::Webhook),
-        Route {
-            events: Some(vec!["msg".into(), "typing".into()]),
-            ..plain_route("chat:*", JoinPolicy::Public, ClientEventPolicy::Broadcast)
-        },
-        Route {
-            presence: Some(PresenceRoute {
-                key_field: None,
-                update_event: "presence_update".into(),
-            }),
-            ..plain_route("lobby:*", JoinPolicy::Public, ClientEventPolicy::Deny)
-        },
-    ])
+    Routes::new(example_routes())
 }
 
 fn r(s: &str) -> RawJson {
