@@ -68,7 +68,7 @@ fn text_message(serializer: Serializer, frame: &[u8]) {
 /// Frames serde_json cannot judge (floats beyond `f64`, nesting past its
 /// recursion limit) are not compared.
 fn check_json_verdict(frame: &[u8], decoded: &Result<ClientMessage, DecodeError>) {
-    let json = match std::str::from_utf8(frame).map(serde_json::from_str::<serde_json::Value>) {
+    let json = match std::str::from_utf8(frame).map(serde_json::from_str::<AnyJson>) {
         Err(_) => false,
         Ok(Ok(_)) => true,
         Ok(Err(e)) => {
@@ -89,6 +89,64 @@ fn check_json_verdict(frame: &[u8], decoded: &Result<ClientMessage, DecodeError>
         "serde_json and the decoder disagree on whether this is JSON ({decoded:?}): {}",
         String::from_utf8_lossy(frame)
     );
+}
+
+/// Any JSON value, read by serde_json with every string and key decoded (so
+/// a lone surrogate escape is an error) but without `serde_json::Value`,
+/// which, with serde_json's `raw_value` feature on (as in this crate), reads
+/// an object whose first key is `$serde_json::private::RawValue` as the JSON
+/// text of that key's string: it refuses `{"$serde_json::private::RawValue":"e"}`,
+/// which is valid JSON.
+struct AnyJson;
+
+impl<'de> serde::Deserialize<'de> for AnyJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<AnyJson, D::Error> {
+        deserializer.deserialize_any(AnyJson)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for AnyJson {
+    type Value = AnyJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+
+    fn visit_unit<E>(self) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<AnyJson, A::Error> {
+        while seq.next_element::<AnyJson>()?.is_some() {}
+        Ok(AnyJson)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<AnyJson, A::Error> {
+        while map.next_key::<String>()?.is_some() {
+            map.next_value::<AnyJson>()?;
+        }
+        Ok(AnyJson)
+    }
 }
 
 /// A float anywhere sends a frame to the decoder's verbatim path; one in an
