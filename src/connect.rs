@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::auth::{TokenError, Verifier};
+use crate::protocol::json_object::{key_text, JsonObject};
 
 /// What a client presented when connecting.
 #[derive(Debug)]
@@ -100,14 +101,13 @@ impl WebhookConnect {
     /// The identity the backend's 2xx answer describes:
     /// `{"user_id": "alice", "channels": ["room:*"]}`, both optional.
     pub fn identity_from(&self, answer: &[u8]) -> Identity {
-        let value: serde_json::Value = serde_json::from_slice(answer).unwrap_or_default();
-        let user_id = value.get("user_id").and_then(|v| match v {
-            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        });
-        let channels = value.get("channels").and_then(|c| {
-            serde_json::from_value::<crate::auth::ChannelsClaim>(c.clone())
+        let answer = JsonObject::parse_bytes(answer).ok();
+        let field = |name: &str| answer.as_ref().and_then(|a| a.get(name));
+        let user_id = field("user_id")
+            .filter(|v| !v.get().starts_with(['t', 'f']))
+            .and_then(key_text);
+        let channels = field("channels").and_then(|c| {
+            serde_json::from_str::<crate::auth::ChannelsClaim>(c.get())
                 .ok()
                 .map(|c| c.entries())
         });

@@ -240,3 +240,37 @@ fn a_joiner_sees_its_reply_then_its_diff_then_a_state_holding_it() {
     assert_eq!(seen[3], "presence_diff");
     assert_eq!(seen[4], diff[4], "everyone gets the same diff");
 }
+
+/// A meta reaches every member as the exact JSON the client sent (its own
+/// `phx_ref` fields aside): numbers beyond 64 bits stay whole, and the key
+/// serde_json's `Value` reads specially (`$serde_json::private::RawValue`)
+/// stays an ordinary key instead of replacing the meta with its string.
+/// The presence key may be a number of any size, kept as written.
+#[test]
+fn metas_and_keys_reach_members_as_the_client_wrote_them() {
+    let server = TestServer::start_with_shards(1, ROUTES);
+    let mut alice = server.connect();
+    let meta = r#"{"$serde_json::private::RawValue":"{\"admin\":true}","n":99999999999999999999}"#;
+    alice.send(&format!(
+        r#"["1","1","lobby:raw","phx_join",{{"user_id":18446744073709551616,"meta":{meta}}}]"#
+    ));
+    assert_eq!(alice.recv_json()[4]["status"], "ok");
+    let diff = alice.recv_text();
+    let open = meta.trim_end_matches('}');
+    assert!(
+        diff.contains(&format!(
+            r#""joins":{{"18446744073709551616":{{"metas":[{open},"phx_ref":"#
+        )),
+        "{diff}"
+    );
+    let state = alice.recv_text();
+    assert!(state.contains(open), "{state}");
+    // An update keeps the text as verbatim.
+    alice.send(&format!(
+        r#"["1","2","lobby:raw","presence_update",{{"meta":{meta}}}]"#
+    ));
+    let mut got = [alice.recv_text(), alice.recv_text()];
+    got.sort();
+    assert!(got[0].contains("phx_reply"), "{got:?}");
+    assert!(got[1].contains(&format!("[{open},")), "{got:?}");
+}

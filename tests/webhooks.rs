@@ -13,8 +13,11 @@ use common::{Client, TestServer};
 
 type Handler = fn(&str, &serde_json::Value) -> (u16, String, Duration);
 
-/// Starts a backend; returns its base URL and a channel of (path, body).
-fn backend(handler: Handler) -> (String, mpsc::Receiver<(String, serde_json::Value)>) {
+/// What the backend saw of one call: path, body, and the body's exact text.
+type Call = (String, serde_json::Value, String);
+
+/// Starts a backend; returns its base URL and a channel of its calls.
+fn backend(handler: Handler) -> (String, mpsc::Receiver<Call>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hooks", listener.local_addr().unwrap());
     let (seen, calls) = mpsc::channel();
@@ -38,12 +41,15 @@ fn backend(handler: Handler) -> (String, mpsc::Receiver<(String, serde_json::Val
                             .unwrap_or(0);
                         if buf.len() >= head_end + 4 + length {
                             let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+                            let raw = &buf[head_end + 4..head_end + 4 + length];
+                            // `Value` refuses some valid JSON (see `verbatim`): such
+                            // bodies are judged by their text.
                             let body: serde_json::Value =
-                                serde_json::from_slice(&buf[head_end + 4..head_end + 4 + length])
-                                    .unwrap();
+                                serde_json::from_slice(raw).unwrap_or_default();
+                            let raw = String::from_utf8(raw.to_vec()).unwrap();
                             buf.drain(..head_end + 4 + length);
                             let (status, answer, delay) = handler(&path, &body);
-                            let _ = seen.send((path, body));
+                            let _ = seen.send((path, body, raw));
                             std::thread::sleep(delay);
                             let response = format!(
                                 "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
@@ -120,7 +126,7 @@ fn the_backend_decides_joins_and_handles_events() {
         serde_json::json!({"status":"ok","response":{"welcome":true}}),
         "{reply}"
     );
-    let (path, body) = calls.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (path, body, _) = calls.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(path, "/hooks/join");
     assert_eq!(body["topic"], "hook:lobby");
     assert_eq!(body["payload"], serde_json::json!({"pin":42}));
@@ -152,6 +158,49 @@ fn the_backend_decides_joins_and_handles_events() {
     assert_eq!(
         reply[4],
         serde_json::json!({"status":"error","response":{"reason":"bad event"}})
+    );
+}
+
+/// Answers with objects holding what `serde_json::Value` would misread.
+fn verbatim(path: &str, _: &serde_json::Value) -> (u16, String, Duration) {
+    let answer = match path {
+        "/hooks/join" => r#"{"response":{"$serde_json::private::RawValue":"1","n":1e400}}"#,
+        _ => {
+            r#"{"reply":{"n":99999999999999999999},"broadcast":{"event":"echoed","payload":{"$serde_json::private::RawValue":"{\"admin\":true}","big":18446744073709551616}}}"#
+        }
+    };
+    (200, answer.into(), Duration::ZERO)
+}
+
+/// Client payloads reach the backend, and the backend's objects reach
+/// clients, as the exact JSON they were written as: numbers beyond 64 bits
+/// stay whole, and a key that serde_json's `Value` treats specially
+/// (`$serde_json::private::RawValue`, which makes it read the key's string
+/// as the object) stays an ordinary key.
+#[test]
+fn payloads_pass_between_clients_and_the_backend_byte_for_byte() {
+    let (url, calls) = backend(verbatim);
+    let server = TestServer::start(&config(&url, 2000));
+    let mut client = server.connect();
+    let tricky = r#"{"$serde_json::private::RawValue":"{\"x\":1}","n":99999999999999999999}"#;
+    client.send(&format!(r#"["1","1","hook:raw","phx_join",{tricky}]"#));
+    assert_eq!(
+        client.recv_text(),
+        r#"["1","1","hook:raw","phx_reply",{"status":"ok","response":{"$serde_json::private::RawValue":"1","n":1e400}}]"#
+    );
+    let (_, _, raw) = calls.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(raw.contains(&format!(r#""payload":{tricky}"#)), "{raw}");
+    client.send(&format!(r#"["1","2","hook:raw","echo",{tricky}]"#));
+    let (_, _, raw) = calls.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(raw.contains(&format!(r#""payload":{tricky}"#)), "{raw}");
+    let mut got = [client.recv_text(), client.recv_text()];
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            r#"["1","2","hook:raw","phx_reply",{"status":"ok","response":{"n":99999999999999999999}}]"#,
+            r#"[null,null,"hook:raw","echoed",{"$serde_json::private::RawValue":"{\"admin\":true}","big":18446744073709551616}]"#,
+        ]
     );
 }
 
@@ -250,7 +299,7 @@ fn the_backend_decides_who_connects_and_who_they_are() {
     let (url, calls) = backend(connect_decider);
     let server = TestServer::start(&connect_config(&url));
     let mut alice = Client::connect(&format!("{}&token=good", server.ws_url(Some("2.0.0"))));
-    let (path, body) = calls.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (path, body, _) = calls.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(path, "/hooks/connect");
     assert_eq!(body["params"]["token"], "good");
     assert_eq!(body["params"]["vsn"], "2.0.0");
@@ -265,7 +314,7 @@ fn the_backend_decides_who_connects_and_who_they_are() {
     let (status, body) = upgrade(&server, "nope");
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("bad token"), "{body}");
-    let (_, forwarded) = calls.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (_, forwarded, _) = calls.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(
         forwarded["headers"]["user-agent"], "test-agent",
         "{forwarded}"

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
+use crate::protocol::json_object::JsonObject;
 use crate::protocol::message::write_json_string;
+use serde_json::value::RawValue;
 
 /// One tracked client's metadata under a key: its `phx_ref` and the meta
 /// object's JSON text (with `phx_ref`, and `phx_ref_prev` after an update).
@@ -57,7 +59,7 @@ impl MetaData {
     /// they win over client fields of the same name in every JSON parser
     /// that keeps the last duplicate, as JavaScript's does.
     pub fn new(
-        object: Option<&serde_json::Value>,
+        object: Option<&RawValue>,
         phx_ref: String,
         phx_ref_prev: Option<&str>,
     ) -> Result<Meta, MetaError> {
@@ -68,28 +70,26 @@ impl MetaData {
     /// object as compact JSON without the server's fields (`{}`, 2 bytes,
     /// for `None`). Presence limits count this size.
     pub fn sized(
-        object: Option<&serde_json::Value>,
+        object: Option<&RawValue>,
         phx_ref: String,
         phx_ref_prev: Option<&str>,
     ) -> Result<(Meta, usize), MetaError> {
-        let mut size = 2;
-        let mut json = match object {
-            None => String::from("{"),
-            Some(serde_json::Value::Object(map)) => {
-                let mut map = map.clone();
-                map.remove("phx_ref");
-                map.remove("phx_ref_prev");
-                let mut text = serde_json::Value::Object(map).to_string();
-                size = text.len();
-                text.pop(); // the closing brace
-                if text.len() > 1 {
-                    text.push(',');
-                }
-                text
+        // The client's fields keep their exact text (numbers beyond 64 bits
+        // included); only its own `phx_ref`/`phx_ref_prev` are dropped.
+        let mut bytes = Vec::with_capacity(object.map_or(0, |o| o.get().len()) + 64);
+        let size = match object {
+            None => {
+                bytes.push(b'{');
+                2
             }
-            Some(_) => return Err(MetaError::NotAnObject),
+            Some(object) => JsonObject::parse(object.get())
+                .map_err(|_| MetaError::NotAnObject)?
+                .write_open(&mut bytes, &["phx_ref", "phx_ref_prev"])
+                .saturating_add(1),
         };
-        let mut bytes = std::mem::take(&mut json).into_bytes();
+        if bytes.len() > 1 {
+            bytes.push(b',');
+        }
         bytes.extend_from_slice(b"\"phx_ref\":");
         write_json_string(&mut bytes, &phx_ref);
         if let Some(prev) = phx_ref_prev {
@@ -204,21 +204,12 @@ pub fn write_presence<'m>(out: &mut Vec<u8>, key: &str, metas: impl Iterator<Ite
 /// members.
 pub fn presence_key(
     key_field: Option<&str>,
-    payload: Option<&serde_json::Value>,
+    payload: Option<&JsonObject<'_>>,
     user_id: Option<&str>,
     anonymous: impl FnOnce() -> String,
 ) -> String {
-    use serde_json::Value;
-    let from_payload =
-        key_field
-            .and_then(|field| payload?.get(field))
-            .and_then(|value| match value {
-                Value::String(s) if !s.is_empty() => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                Value::Bool(b) => Some(b.to_string()),
-                _ => None,
-            });
-    from_payload
+    key_field
+        .and_then(|field| payload?.get_key_text(field))
         .or_else(|| user_id.map(str::to_string))
         .unwrap_or_else(anonymous)
 }
@@ -240,7 +231,8 @@ mod tests {
 
     #[test]
     fn presence_keys_come_from_the_payload_then_the_user_then_the_connection() {
-        let payload = serde_json::json!({"name": "ann", "n": 7, "empty": "", "list": [1]});
+        let text = r#"{"name": "ann", "n": 7, "empty": "", "list": [1]}"#;
+        let payload = JsonObject::parse(text).unwrap();
         let anon = || "anonymous:1".to_string();
         assert_eq!(
             presence_key(Some("name"), Some(&payload), Some("u1"), anon),
@@ -260,9 +252,26 @@ mod tests {
     }
     use serde_json::{json, Value};
 
+    fn raw(value: Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&value).unwrap()
+    }
+
+    #[test]
+    fn metas_keep_the_client_text_verbatim() {
+        let object = RawValue::from_string(
+            r#"{"n":99999999999999999999,"$serde_json::private::RawValue":"1"}"#.into(),
+        )
+        .unwrap();
+        let meta = MetaData::new(Some(&object), "R".into(), None).unwrap();
+        assert_eq!(
+            &*meta.json,
+            r#"{"n":99999999999999999999,"$serde_json::private::RawValue":"1","phx_ref":"R"}"#
+        );
+    }
+
     #[test]
     fn metas_carry_the_server_refs_last() {
-        let object = json!({"status": "away", "phx_ref": "forged"});
+        let object = raw(json!({"status": "away", "phx_ref": "forged"}));
         let meta = MetaData::new(Some(&object), "R2".into(), Some("R1")).unwrap();
         let parsed: Value = serde_json::from_str(&meta.json).unwrap();
         assert_eq!(
@@ -271,23 +280,23 @@ mod tests {
         );
         let empty = MetaData::new(None, "R".into(), None).unwrap();
         assert_eq!(&*empty.json, r#"{"phx_ref":"R"}"#);
-        let empty_object = MetaData::new(Some(&json!({})), "R".into(), None).unwrap();
+        let empty_object = MetaData::new(Some(&raw(json!({}))), "R".into(), None).unwrap();
         assert_eq!(&*empty_object.json, r#"{"phx_ref":"R"}"#);
         assert_eq!(
-            MetaData::new(Some(&json!([1])), "R".into(), None),
+            MetaData::new(Some(&raw(json!([1]))), "R".into(), None),
             Err(MetaError::NotAnObject)
         );
     }
 
     #[test]
     fn the_size_of_a_meta_is_the_client_object_alone() {
-        let object = json!({"s": "away", "phx_ref": "forged-and-long"});
+        let object = raw(json!({"s": "away", "phx_ref": "forged-and-long"}));
         let (meta, size) = MetaData::sized(Some(&object), "R2".into(), Some("R1")).unwrap();
         assert_eq!(size, r#"{"s":"away"}"#.len());
         assert!(meta.json.len() > size, "the server's refs are not counted");
         let (_, size) = MetaData::sized(None, "R".into(), None).unwrap();
         assert_eq!(size, 2);
-        let (_, size) = MetaData::sized(Some(&json!({})), "R".into(), None).unwrap();
+        let (_, size) = MetaData::sized(Some(&raw(json!({}))), "R".into(), None).unwrap();
         assert_eq!(size, 2);
     }
 

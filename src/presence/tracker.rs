@@ -93,7 +93,7 @@ impl LocalPresence {
         topic: &str,
         client: ClientId,
         key: &str,
-        object: Option<&serde_json::Value>,
+        object: Option<&serde_json::value::RawValue>,
         limits: MetaLimits,
     ) -> Result<(), MetaError> {
         let (meta, meta_size) = MetaData::sized(object, self.minter.next_ref(), None)?;
@@ -179,7 +179,7 @@ impl LocalPresence {
         &mut self,
         topic: &str,
         client: ClientId,
-        object: Option<&serde_json::Value>,
+        object: Option<&serde_json::value::RawValue>,
         limits: MetaLimits,
     ) -> Result<(), UpdateError> {
         let old = self
@@ -265,7 +265,7 @@ mod tests {
                 "room",
                 ClientId(1),
                 "alice",
-                Some(&json!({"s": 1})),
+                Some(&raw(json!({"s": 1}))),
                 MetaLimits::UNLIMITED,
             )
             .unwrap();
@@ -274,7 +274,7 @@ mod tests {
             .update(
                 "room",
                 ClientId(1),
-                Some(&json!({"s": 2})),
+                Some(&raw(json!({"s": 2}))),
                 MetaLimits::UNLIMITED,
             )
             .unwrap();
@@ -292,7 +292,7 @@ mod tests {
             local.update(
                 "room",
                 ClientId(1),
-                Some(&json!("x")),
+                Some(&raw(json!("x"))),
                 MetaLimits::UNLIMITED
             ),
             Err(UpdateError::Meta(MetaError::NotAnObject))
@@ -300,9 +300,13 @@ mod tests {
     }
 
     /// A meta object of exactly `n` bytes as compact JSON (`n` ≥ 8).
-    fn meta_of(n: usize) -> serde_json::Value {
-        let value = json!({ "p": "x".repeat(n - 8) });
-        assert_eq!(value.to_string().len(), n);
+    fn raw(value: serde_json::Value) -> Box<serde_json::value::RawValue> {
+        serde_json::value::to_raw_value(&value).unwrap()
+    }
+
+    fn meta_of(n: usize) -> Box<serde_json::value::RawValue> {
+        let value = serde_json::value::to_raw_value(&json!({ "p": "x".repeat(n - 8) })).unwrap();
+        assert_eq!(value.get().len(), n);
         value
     }
 

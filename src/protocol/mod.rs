@@ -5,6 +5,7 @@
 //! | [`message`] | the message model: [`message::ClientMessage`], refs kept as raw JSON, topic/event names, payloads, the serializer enum, the JSON string escaper |
 //! | [`vsn`] | `vsn` negotiation: which serializer a connection speaks |
 //! | [`decode`] | client→server frames: V1 objects, V2 arrays, V2 binary pushes |
+//! | [`json_object`] | picking fields out of a JSON object while keeping every value's exact text |
 //! | [`encode`] | server→client bodies: V1/V2 JSON text and the three V2 binary kinds |
 //! | [`channels`] | the sans-IO channel state machine (join, leave, heartbeat, replies), fed decoded messages and returning actions |
 //!
@@ -15,6 +16,7 @@
 pub mod channels;
 pub mod decode;
 pub mod encode;
+pub mod json_object;
 pub mod message;
 pub mod vsn;
 

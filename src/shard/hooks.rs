@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use base64::Engine as _;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::connection::{ConnectionKey, PendingTransport, PendingUpgrade, Phase};
 use super::Shard;
@@ -18,6 +18,7 @@ use crate::fanout::broadcast::Content;
 use crate::fanout::topics::ClientId;
 use crate::hooks::{failure_reason, HookFailure, HookOutcome, HookPool, HookRequest};
 use crate::protocol::channels::{hook_reply, Action, HookAsk, HookVerdict};
+use crate::protocol::json_object::JsonObject;
 use crate::protocol::message::Payload;
 
 /// What a hook was asked about.
@@ -265,32 +266,54 @@ impl Shard {
 
 /// The `reason` of a refusing backend answer, or `unauthorized`.
 fn refusal_reason(body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
+    JsonObject::parse_bytes(body)
         .ok()
-        .and_then(|v| v.get("reason")?.as_str().map(str::to_string))
+        .and_then(|answer| answer.get("reason"))
+        .and_then(|reason| serde_json::from_str::<String>(reason.get()).ok())
         .unwrap_or_else(|| "unauthorized".to_string())
 }
 
-/// The JSON body of a join or event call.
+/// The JSON body of a join or event call. The client's payload goes to the
+/// backend as the exact text the client sent.
 fn hook_body(kind: HookKind, ask: &HookAsk, identity: &Identity) -> Vec<u8> {
-    let mut body = serde_json::Map::new();
-    body.insert("topic".into(), Value::from(ask.topic.clone()));
-    if kind == HookKind::Event {
-        body.insert("event".into(), Value::from(ask.event.clone()));
+    #[derive(serde::Serialize)]
+    struct HookBody<'a> {
+        topic: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload: Option<&'a RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload_base64: Option<String>,
+        user_id: Option<&'a str>,
+        socket_id: Option<&'a str>,
     }
-    match &ask.payload {
-        Payload::Json(text) => {
-            let value = serde_json::from_slice(text).unwrap_or(Value::Null);
-            body.insert("payload".into(), value);
-        }
-        Payload::Binary(bytes) => {
-            let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
-            body.insert("payload_base64".into(), Value::from(encoded));
-        }
-    }
-    body.insert("user_id".into(), Value::from(identity.user_id.clone()));
-    body.insert("socket_id".into(), Value::from(identity.socket_id.clone()));
-    serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
+    let (payload, payload_base64) = match &ask.payload {
+        // Decoded payloads are one JSON value already; anything else would
+        // be a bug upstream, and goes as `null` rather than as broken JSON.
+        Payload::Json(text) => (
+            Some(
+                std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
+                    .unwrap_or(RawValue::NULL),
+            ),
+            None,
+        ),
+        Payload::Binary(bytes) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    };
+    let body = HookBody {
+        topic: &ask.topic,
+        event: (kind == HookKind::Event).then_some(ask.event.as_str()),
+        payload,
+        payload_base64,
+        user_id: identity.user_id.as_deref(),
+        socket_id: identity.socket_id.as_deref(),
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 /// A broadcast the backend asked for: event (default: the client's) and payload.
@@ -299,7 +322,8 @@ type HookBroadcast = Option<(Option<String>, Payload)>;
 /// Reads the backend's answer. 2xx allows (response in `response` for
 /// joins, `reply` for events; events may carry `broadcast`), any other
 /// status refuses (with the body's `response`, or a reason), and no answer
-/// refuses with the failure's reason.
+/// refuses with the failure's reason. Objects the backend sends on go as
+/// the exact text it wrote.
 fn verdict_of(kind: HookKind, outcome: &HookOutcome) -> (HookVerdict, HookBroadcast) {
     let (status, body) = match outcome {
         HookOutcome::Response { status, body } => (*status, body),
@@ -307,12 +331,12 @@ fn verdict_of(kind: HookKind, outcome: &HookOutcome) -> (HookVerdict, HookBroadc
             return (HookVerdict::Error(reason(failure_reason(failure))), None)
         }
     };
-    let value: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let answer = JsonObject::parse_bytes(body).ok();
     let object = |name: &str| {
-        value
-            .get(name)
-            .filter(|v| v.is_object())
-            .map(|v| serde_json::to_vec(v).unwrap_or_else(|_| b"{}".to_vec()))
+        answer
+            .as_ref()
+            .and_then(|a| a.get_object(name))
+            .map(|v| v.get().as_bytes().to_vec())
     };
     if (200..300).contains(&status) {
         let response_key = match kind {
@@ -320,12 +344,15 @@ fn verdict_of(kind: HookKind, outcome: &HookOutcome) -> (HookVerdict, HookBroadc
             HookKind::Event => "reply",
         };
         let broadcast = (kind == HookKind::Event)
-            .then(|| value.get("broadcast"))
+            .then(|| answer.as_ref()?.get_object("broadcast"))
             .flatten()
             .and_then(|b| {
-                let payload = b.get("payload").filter(|p| p.is_object())?;
-                let event = b.get("event").and_then(Value::as_str).map(str::to_string);
-                Some((event, Payload::Json(serde_json::to_vec(payload).ok()?)))
+                let b = JsonObject::parse(b.get()).ok()?;
+                let payload = b.get_object("payload")?;
+                let event = b
+                    .get("event")
+                    .and_then(|e| serde_json::from_str::<String>(e.get()).ok());
+                Some((event, Payload::Json(payload.get().as_bytes().to_vec())))
             });
         let response = object(response_key).unwrap_or_else(|| b"{}".to_vec());
         return (HookVerdict::Ok(response), broadcast);

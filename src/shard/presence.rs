@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::Value;
+use crate::protocol::json_object::JsonObject;
 
 use super::inbox::ShardMessage;
 use super::Shard;
@@ -89,11 +89,11 @@ fn refusal(error: &MetaError) -> &'static [u8] {
     }
 }
 
-/// Parses a JSON payload into a value (joins and updates only; not the
-/// fan-out path).
-fn payload_value(payload: &Payload) -> Option<Value> {
+/// Reads a JSON object payload's fields, each kept as its exact text
+/// (joins and updates only; not the fan-out path).
+fn payload_object(payload: &Payload) -> Option<JsonObject<'_>> {
     match payload {
-        Payload::Json(text) => serde_json::from_slice(text).ok(),
+        Payload::Json(text) => JsonObject::parse_bytes(text).ok(),
         Payload::Binary(_) => None,
     }
 }
@@ -167,7 +167,7 @@ impl Shard {
             return Ok(());
         };
         let serial = client.serial;
-        let payload = payload_value(&join.payload);
+        let payload = payload_object(&join.payload);
         let presence = &mut self.presence;
         let (instance, shard) = (presence.instance, presence.shard);
         let key = presence_key(
@@ -176,17 +176,14 @@ impl Shard {
             client.session.identity().user_id.as_deref(),
             || format!("anonymous:{instance}:{shard}:{serial}"),
         );
-        let meta = payload
-            .as_ref()
-            .and_then(|p| p.get("meta"))
-            .filter(|m| m.is_object());
+        let meta = payload.as_ref().and_then(|p| p.get_object("meta"));
         presence.tracker.track(&join.topic, id, &key, meta, limits)
     }
 
     /// `presence_update`: replaces the caller's metas with the payload's
     /// `meta` object and replies.
     pub(super) fn update_presence(&mut self, id: ClientId, update: PresenceUpdate, now: Instant) {
-        let payload = payload_value(&update.payload);
+        let payload = payload_object(&update.payload);
         let meta = payload.as_ref().and_then(|p| p.get("meta"));
         let limits = self.meta_limits();
         let reply = match self
