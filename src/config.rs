@@ -33,6 +33,7 @@ pub use self::auth::{AuthConfig, AuthMode};
 use self::channels::{compile_routes, RouteEntry};
 pub(crate) use self::section::config_section;
 pub use self::sections::{ApiConfig, ServerConfig, SocketConfig};
+use crate::cluster::ClusterConfig;
 use crate::connect::ConnectPolicy;
 use crate::hooks::HooksConfig;
 use crate::routes::Routes;
@@ -93,6 +94,8 @@ pub struct Config {
     pub origin: OriginPolicy,
     /// `[webhook]`: the application's backend for hook policies.
     pub webhook: HooksConfig,
+    /// `[cluster]`: several nodes over Redis (off without `redis`).
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -105,6 +108,7 @@ impl Default for Config {
             connect: ConnectPolicy::Open,
             origin: OriginPolicy::Off,
             webhook: HooksConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -117,6 +121,7 @@ struct ConfigFile {
     socket: SocketConfig,
     api: ApiConfig,
     webhook: HooksConfig,
+    cluster: ClusterConfig,
     channel: Vec<RouteEntry>,
 }
 
@@ -159,6 +164,7 @@ impl Config {
             connect,
             origin,
             webhook: file.webhook,
+            cluster: file.cluster,
         };
         config.validate()?;
         Ok(config)

@@ -18,6 +18,8 @@
 //! | [`hooks`] | backend hooks: connect, join and client event decisions by HTTP, on a worker pool |
 //! | [`limits`] | token buckets: client events per connection, accepts per shard |
 //! | [`longpoll`] | the long-poll transport: session tokens, the HTTP exchange, buffered messages |
+//! | [`cluster`] | several nodes over Redis: the bus thread, its envelope, membership and the presence ledger |
+//! | [`wire`] | the big-endian byte forms one Cinder process writes for another |
 //! | [`presence`] | presence tracking, per-turn diffs and each shard's replica of the state |
 //! | [`config`] | the TOML configuration, defaults and validation |
 //! | [`metrics`] | per-shard counters |
@@ -30,6 +32,7 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod connect;
 pub mod fanout;
@@ -44,6 +47,7 @@ pub mod routes;
 pub mod server;
 pub mod shard;
 pub mod transport;
+pub mod wire;
 
 pub use config::Config;
 pub use server::{start, ServerHandle, StartError};

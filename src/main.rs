@@ -80,6 +80,16 @@ struct ServeArgs {
     /// Log format: human-readable lines or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+
+    /// Run as one node of a cluster with this Redis as the bus (overrides
+    /// `cluster.redis`), e.g. redis://127.0.0.1:6379.
+    #[arg(long, value_name = "URL")]
+    cluster_redis: Option<String>,
+
+    /// This node's name in the cluster (overrides `cluster.node_name`).
+    /// Default: the host name and a random suffix.
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -144,6 +154,12 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
     if let Some(shards) = args.shards {
         config.server.shards = Some(shards);
+    }
+    if let Some(url) = args.cluster_redis {
+        config.cluster.redis = Some(url);
+    }
+    if let Some(name) = args.node_name {
+        config.cluster.node_name = Some(name);
     }
     if let Err(e) = config.validate() {
         eprintln!("cinder: {e}");

@@ -21,7 +21,10 @@ use std::thread::JoinHandle;
 use mio::{Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::cluster;
+use crate::cluster::bus::{self, BusError, BusSetup, BusThread};
 use crate::config::Config;
+use crate::fanout::broadcast::NodeId;
 use crate::hooks::HookPool;
 use crate::longpoll::random_bytes;
 use crate::longpoll::token::TokenSigner;
@@ -69,6 +72,9 @@ pub enum StartError {
     /// The operating system gave no randomness for the session key.
     #[error("cannot generate the long-poll session key: {0}")]
     Random(io::Error),
+    /// The cluster bus could not start.
+    #[error(transparent)]
+    Cluster(#[from] BusError),
 }
 
 /// A running server: its address, and the means to stop it.
@@ -76,6 +82,8 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     inboxes: Arc<[ShardInbox]>,
     threads: Vec<JoinHandle<io::Result<()>>>,
+    /// The cluster bus, when `[cluster]` is on.
+    bus: Option<BusThread>,
 }
 
 impl ServerHandle {
@@ -102,7 +110,8 @@ impl ServerHandle {
         }
     }
 
-    /// Waits for every shard to exit.
+    /// Waits for every shard to exit, then stops the cluster bus (which
+    /// tells the other nodes this one left).
     pub fn join(self) -> io::Result<()> {
         let mut result = Ok(());
         for thread in self.threads {
@@ -111,6 +120,9 @@ impl ServerHandle {
                 Ok(Err(e)) => result = Err(e),
                 Err(_) => result = Err(io::Error::other("a shard thread panicked")),
             }
+        }
+        if let Some(bus) = self.bus {
+            bus.stop();
         }
         result
     }
@@ -201,6 +213,16 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         }
     };
 
+    // The cluster's queues exist before the shards (which hold the
+    // handle); the bus thread starts once every shard's inbox does.
+    let (cluster, bus_queues) = match config.cluster.enabled() {
+        true => {
+            let (handle, queues) = cluster::queues(&config.cluster);
+            (Some(handle), Some(queues))
+        }
+        false => (None, None),
+    };
+
     let mut threads = Vec::with_capacity(shards);
     for (id, ((poll, listener), receiver)) in
         polls.into_iter().zip(listeners).zip(receivers).enumerate()
@@ -216,6 +238,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             hooks: hooks.clone(),
             signer: signer.clone(),
             instance,
+            cluster: cluster.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("cinder-shard-{id}"))
@@ -229,11 +252,41 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             .map_err(|source| StartError::Shard { shard: id, source })?;
         threads.push(thread);
     }
+    let bus = match (cluster, bus_queues) {
+        (Some(handle), Some(queues)) => {
+            let name = config
+                .cluster
+                .node_name
+                .clone()
+                .unwrap_or_else(|| cluster::default_node_name(instance));
+            tracing::info!(node = %name, redis = config.cluster.redis.as_deref().unwrap_or(""), "cluster node");
+            let setup = BusSetup {
+                config: config.cluster.clone(),
+                node: NodeId(instance),
+                name,
+                shards: inboxes.clone(),
+                queues,
+                status: handle.status().clone(),
+            };
+            match bus::spawn(setup) {
+                Ok(bus) => Some(bus),
+                Err(error) => {
+                    StopSignal {
+                        inboxes: inboxes.clone(),
+                    }
+                    .stop();
+                    return Err(error.into());
+                }
+            }
+        }
+        _ => None,
+    };
     tracing::info!(%local_addr, shards, "listening on {local_addr}");
     Ok(ServerHandle {
         local_addr,
         inboxes,
         threads,
+        bus,
     })
 }
 

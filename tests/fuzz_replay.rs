@@ -73,6 +73,11 @@ fn longpoll() {
 }
 
 #[test]
+fn cluster_envelope() {
+    replay("cluster_envelope", cinder::fuzzing::cluster_envelope);
+}
+
+#[test]
 fn config() {
     replay("config", cinder::fuzzing::config);
 }

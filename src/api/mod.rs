@@ -33,6 +33,8 @@ pub trait ApiHost {
     fn presence_state(&mut self, topic: &str) -> Vec<u8>;
     /// The metrics in Prometheus text format.
     fn metrics_text(&self) -> String;
+    /// The `cluster` object of `/healthz`, when this node is one of several.
+    fn cluster_health(&self) -> Option<String>;
 }
 
 /// An answer, before HTTP framing.
@@ -190,9 +192,14 @@ fn presence(host: &mut dyn ApiHost, request: &Request, _: &ApiSettings) -> ApiRe
     }
 }
 
-/// `GET /healthz`.
-fn health(_: &mut dyn ApiHost, _: &Request, _: &ApiSettings) -> ApiResponse {
-    ApiResponse::json(&br#"{"status":"ok"}"#[..])
+/// `GET /healthz`: 200 while the node serves — in a cluster too, whether
+/// Redis is up or not (the node keeps serving its own clients), with the
+/// bus's state in `cluster`.
+fn health(host: &mut dyn ApiHost, _: &Request, _: &ApiSettings) -> ApiResponse {
+    match host.cluster_health() {
+        Some(cluster) => ApiResponse::json(format!(r#"{{"status":"ok","cluster":{cluster}}}"#)),
+        None => ApiResponse::json(&br#"{"status":"ok"}"#[..]),
+    }
 }
 
 /// `GET /metrics`.
@@ -227,6 +234,9 @@ mod tests {
         }
         fn metrics_text(&self) -> String {
             "m 1\n".into()
+        }
+        fn cluster_health(&self) -> Option<String> {
+            None
         }
     }
 

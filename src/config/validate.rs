@@ -48,6 +48,9 @@ impl Config {
         self.webhook
             .validate()
             .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+        self.cluster
+            .validate()
+            .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
         socket
             .longpoll
             .validate()

@@ -19,6 +19,7 @@ use super::frame::{EncodedFrame, FrameCache, FrameKind};
 use super::topics::ClientId;
 use crate::protocol::encode::{encode_binary_broadcast, encode_text};
 use crate::protocol::message::{Name, Payload, RawJson, Serializer};
+use crate::wire::{put_bytes, put_text, ReadError, Reader};
 
 /// The most bytes a binary frame's topic or event may hold (one length byte).
 const BINARY_FIELD_MAX: usize = 255;
@@ -273,6 +274,15 @@ pub enum DecodeError {
     Invalid(#[from] PublishError),
 }
 
+impl From<ReadError> for DecodeError {
+    fn from(error: ReadError) -> DecodeError {
+        match error {
+            ReadError::Truncated => DecodeError::Truncated,
+            ReadError::Utf8 => DecodeError::Utf8,
+        }
+    }
+}
+
 /// The byte form's version.
 const FORMAT_VERSION: u8 = 1;
 /// `sender` value meaning "no sender" (a plain broadcast).
@@ -303,16 +313,12 @@ impl Broadcast {
         let sender = self.origin.sender.map_or(NO_SENDER, |c| c.0 as u32);
         out.extend_from_slice(&sender.to_be_bytes());
         out.extend_from_slice(&self.published_at_ms.to_be_bytes());
-        for field in [topic.as_bytes(), event.as_bytes()] {
-            // Longer fields cannot be published: a topic or event over 64 KiB
-            // is refused by the HTTP and WebSocket size limits long before.
-            let len = field.len().min(u16::MAX as usize);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-            out.extend_from_slice(&field[..len]);
-        }
+        // Longer fields cannot be published: a topic or event over 64 KiB is
+        // refused by the HTTP and WebSocket size limits long before.
+        put_text(&mut out, topic);
+        put_text(&mut out, event);
         out.push(kind);
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(body);
+        put_bytes(&mut out, body);
         out
     }
 
@@ -321,7 +327,7 @@ impl Broadcast {
     /// as on publish, never parsed); anything malformed is an error, never
     /// a panic or a partial broadcast.
     pub fn from_bytes(bytes: &[u8]) -> Result<Broadcast, DecodeError> {
-        let mut reader = Reader(bytes);
+        let mut reader = Reader::new(bytes);
         let version = reader.u8()?;
         if version != FORMAT_VERSION {
             return Err(DecodeError::Version(version));
@@ -337,10 +343,9 @@ impl Broadcast {
         let topic = reader.text()?;
         let event = reader.text()?;
         let kind = reader.u8()?;
-        let len = reader.u32()? as usize;
-        let body = reader.take(len)?.to_vec();
-        if !reader.0.is_empty() {
-            return Err(DecodeError::Trailing(reader.0.len()));
+        let body = reader.bytes()?.to_vec();
+        if !reader.rest().is_empty() {
+            return Err(DecodeError::Trailing(reader.rest().len()));
         }
         let payload = match kind {
             PAYLOAD_JSON => Payload::Json(body),
@@ -354,48 +359,6 @@ impl Broadcast {
             sender,
         };
         Ok(Broadcast::new(content, id, origin, published_at_ms))
-    }
-}
-
-/// A cursor over the byte form.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.0.len() < n {
-            return Err(DecodeError::Truncated);
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let mut out = [0; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, DecodeError> {
-        self.array().map(u16::from_be_bytes)
-    }
-
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        self.array().map(u32::from_be_bytes)
-    }
-
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        self.array().map(u64::from_be_bytes)
-    }
-
-    fn text(&mut self) -> Result<String, DecodeError> {
-        let len = usize::from(self.u16()?);
-        let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::Utf8)
     }
 }
 

@@ -3,7 +3,8 @@
 //! The [`Distributor`] decides where a published broadcast goes: it stamps
 //! the content with its identity and hands it to every other shard of the
 //! process; the publishing shard delivers to its own subscribers at once.
-//! A cluster bus or a history store plugs in here, next to the shards.
+//! The cluster bus plugs in here, next to the shards (a history store
+//! will too).
 //!
 //! [`deliver`] is the fan-out itself, the same on every shard for every
 //! broadcast: for each frame kind with subscribers, take the broadcast's
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use super::broadcast::{Broadcast, BroadcastId, Content, NodeId, Origin};
 use super::frame::{EncodedFrame, FrameKind};
 use super::topics::{ClientId, SubscriberSet};
+use crate::cluster::ClusterHandle;
 
 /// What a sink did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +103,8 @@ pub struct Distributor<L> {
     shards: Arc<[L]>,
     /// Broadcasts published by this shard so far (the id's low bits).
     published: u64,
+    /// The cluster bus, when this node is one of several.
+    cluster: Option<ClusterHandle>,
 }
 
 impl<L: ShardLink> Distributor<L> {
@@ -111,7 +115,19 @@ impl<L: ShardLink> Distributor<L> {
             shard: shard as u16,
             shards,
             published: 0,
+            cluster: None,
         }
+    }
+
+    /// Also hands every broadcast to the cluster bus, for the other nodes.
+    pub fn with_cluster(mut self, cluster: Option<ClusterHandle>) -> Distributor<L> {
+        self.cluster = cluster;
+        self
+    }
+
+    /// The cluster bus, when this node is one of several.
+    pub fn cluster(&self) -> Option<&ClusterHandle> {
+        self.cluster.as_ref()
     }
 
     /// The process this distributor publishes for.
@@ -143,7 +159,8 @@ impl<L: ShardLink> Distributor<L> {
         Arc::new(Broadcast::new(content, id, origin, now_ms))
     }
 
-    /// Stamps `content` and sends it to every other shard. Returns the
+    /// Stamps `content` and sends it to every other shard and, in a
+    /// cluster, to the bus (once, for every other node). Returns the
     /// broadcast for the caller to deliver to its own subscribers, at once
     /// and in publish order.
     pub fn publish(
@@ -157,6 +174,9 @@ impl<L: ShardLink> Distributor<L> {
             if shard != usize::from(self.shard) {
                 link.send_broadcast(broadcast.clone());
             }
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.publish(&broadcast);
         }
         broadcast
     }

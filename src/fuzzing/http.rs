@@ -242,7 +242,7 @@ fn write_chunked(out: &mut Vec<u8>, body: &[u8], pieces: &mut Pieces) {
     let mut at = 0;
     while at < body.len() {
         let n = pieces.next().min(body.len() - at);
-        let extension = if pieces.next_u64() % 4 == 0 {
+        let extension = if pieces.next_u64().is_multiple_of(4) {
             ";x=1"
         } else {
             ""

@@ -16,9 +16,11 @@
 //! | [`client_message`] | [`decode_text`] (V1, V2) and [`decode_binary`] | text is refused as JSON exactly when serde_json refuses it; fields are UTF-8 and refs valid JSON; a float in an ignored place (which takes the verbatim path) changes nothing; decode → [`encode_text`] → decode gives the same fields, in both serializers; binary frames agree with a reference decoder and re-encode to the same bytes |
 //! | [`channels`] | a [`ChannelSet`] fed message sequences, hook answers, rate-limit refusals, undone joins and disconnects, its subscriptions kept in a real [`TopicTable`] | every `Subscribe` is matched by an `Unsubscribe`, an `undo_join` or `close_all`; joined ≤ `max_channels`; one answer per message (or a silent drop of a stale join_ref); replies echo ref and topic and carry the channel's join_ref; closes carry the instance's join_ref |
 //! | [`longpoll`] | [`split_post`], [`TokenSigner`], [`write_poll`] | at most [`MAX_POST_LINES`] frames, text lines as sent, binary lines canonical base64; a token verifies only if it is exactly what [`TokenSigner::sign`] makes of the address it names; poll bodies are JSON carrying the messages |
+//! | [`cluster_envelope`] | the cluster bus envelope's decoder | no panic; the 10-byte peeks (sender, broadcast or not) agree with the full decode; a decoded message re-encodes to bytes that decode to the same encoding |
 //! | [`config`] | [`Config::parse`] | an accepted config validates again and is sane; the verdict does not depend on the TOML's formatting or key order |
 
 mod channels;
+mod cluster;
 mod config;
 mod http;
 mod longpoll;
@@ -26,6 +28,7 @@ mod messages;
 mod websocket;
 
 pub use self::channels::channels;
+pub use self::cluster::cluster_envelope;
 pub use self::config::config;
 pub use self::http::http_request;
 pub use self::longpoll::longpoll;

@@ -88,6 +88,16 @@ impl TokenSigner {
 
     /// The session a token names, if this process signed it.
     pub fn verify(&self, token: &str) -> Option<SessionAddress> {
+        match self.verify_any(token)? {
+            (instance, address) if instance == self.instance => Some(address),
+            _ => None,
+        }
+    }
+
+    /// The process (`instance`) and session a token names, if it was signed
+    /// with this signer's secret by any process: in a cluster whose nodes
+    /// share `socket.longpoll.secret`, a token of another node's session.
+    pub fn verify_any(&self, token: &str) -> Option<(u64, SessionAddress)> {
         if token.len() > 64 {
             return None;
         }
@@ -100,14 +110,17 @@ impl TokenSigner {
         // Constant-time comparison of the truncated tag.
         mac.verify_truncated_left(&bytes[ADDRESS_LEN..]).ok()?;
         let instance = u64::from_be_bytes(bytes[16..24].try_into().ok()?);
-        if instance != self.instance {
-            return None;
-        }
-        Some(SessionAddress {
+        let address = SessionAddress {
             shard: u16::from_be_bytes(bytes[2..4].try_into().ok()?),
             key: u32::from_be_bytes(bytes[4..8].try_into().ok()?),
             serial: u64::from_be_bytes(bytes[8..16].try_into().ok()?),
-        })
+        };
+        Some((instance, address))
+    }
+
+    /// The process this signer signs for.
+    pub fn instance(&self) -> u64 {
+        self.instance
     }
 }
 

@@ -136,7 +136,7 @@ impl RefMinter {
 
 /// The presence changes of one topic, leaving a shard at the end of a loop
 /// turn: metas that joined and metas that left, by key.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct PresenceDiff {
     /// The topic.
     pub topic: String,

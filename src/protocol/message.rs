@@ -125,6 +125,13 @@ impl Payload {
             Payload::Binary(_) => false,
         }
     }
+
+    /// The payload's bytes, JSON text or binary.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Json(bytes) | Payload::Binary(bytes) => bytes,
+        }
+    }
 }
 
 /// The first byte that is not JSON whitespace. Decoded payloads are compact,

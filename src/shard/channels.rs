@@ -86,7 +86,13 @@ impl Shard {
                 let Some(kind) = self.clients.get(id).map(|c| c.session.frame_kind()) else {
                     return;
                 };
+                let new_topic = self.topics.get(&topic).is_none();
                 let slot = self.topics.subscribe(&topic, kind, id);
+                if new_topic {
+                    if let Some(cluster) = self.distributor.cluster() {
+                        cluster.interest(&topic, self.id, true);
+                    }
+                }
                 if let Some(client) = self.clients.get_mut(id) {
                     client.session.channels.set_slot(&topic, slot);
                 }
@@ -216,6 +222,11 @@ impl Shard {
     /// Removes one subscription of a client (and its presence there).
     fn unsubscribe(&mut self, id: ClientId, topic: &str, kind: FrameKind, slot: SubscriptionSlot) {
         self.topics.unsubscribe(topic, kind, slot);
+        if self.topics.get(topic).is_none() {
+            if let Some(cluster) = self.distributor.cluster() {
+                cluster.interest(topic, self.id, false);
+            }
+        }
         ShardMetrics::sub(&self.metrics().channels, 1);
         self.presence.untrack(topic, id);
     }
@@ -226,6 +237,9 @@ impl Shard {
         let target = Arc::new(target);
         self.disconnect_local(&target, now);
         self.send_to_peers(|| ShardMessage::Disconnect(target.clone()));
+        if let Some(cluster) = self.distributor.cluster() {
+            cluster.disconnect(&target);
+        }
     }
 
     /// Closes local clients the target names: WebSockets with 1001, which

@@ -192,11 +192,11 @@ impl Connections {
     ) -> io::Result<ConnectionKey> {
         let entry = self.slab.vacant_entry();
         let key = entry.key();
-        registry.register(
-            connection.stream.socket_mut(),
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        // A forwarded request has no socket: its output is collected and
+        // it is flushed like any other connection.
+        if let Some(socket) = connection.stream.socket_mut() {
+            registry.register(socket, Token(key), Interest::READABLE | Interest::WRITABLE)?;
+        }
         self.last_serial += 1;
         connection.serial = self.last_serial;
         connection.flush_scheduled = false;
@@ -207,7 +207,9 @@ impl Connections {
     /// Deregisters and removes a connection.
     pub fn remove(&mut self, registry: &Registry, key: ConnectionKey) -> Option<Connection> {
         let mut connection = self.slab.try_remove(key.0)?;
-        let _ = registry.deregister(connection.stream.socket_mut());
+        if let Some(socket) = connection.stream.socket_mut() {
+            let _ = registry.deregister(socket);
+        }
         Some(connection)
     }
 
@@ -290,7 +292,15 @@ impl Connections {
             if let Some(connection) = self.slab.get_mut(key.0) {
                 connection.flush_scheduled = false;
             }
-            if self.flush_one(key, stats).is_err() {
+            // A failed stream, or a forwarded request whose answer is
+            // complete, is done with: the shard removes it (and sends a
+            // forwarded answer back).
+            let failed = self.flush_one(key, stats).is_err();
+            let finished = self
+                .slab
+                .get_mut(key.0)
+                .is_some_and(|c| c.stream.finished_answer().is_some());
+            if failed || finished {
                 dead.push(key);
             }
         }

@@ -230,9 +230,10 @@ impl Shard {
 
     /// Removes a connection now: its client, poll registration, stream.
     pub(super) fn remove(&mut self, key: ConnectionKey) {
-        let Some(conn) = self.connections.remove(self.poll.registry(), key) else {
+        let Some(mut conn) = self.connections.remove(self.poll.registry(), key) else {
             return;
         };
+        self.forwarded_done(key, &mut conn.stream);
         if let Some(client) = conn.client() {
             self.drop_client(client);
         }

@@ -169,6 +169,15 @@ impl ApiHost for ApiOnShard<'_> {
     }
 
     fn metrics_text(&self) -> String {
-        crate::metrics::render_prometheus(&self.shard.metrics)
+        let mut text = crate::metrics::render_prometheus(&self.shard.metrics);
+        if let Some(cluster) = self.shard.distributor.cluster() {
+            cluster.status().render_prometheus(&mut text);
+        }
+        text
+    }
+
+    fn cluster_health(&self) -> Option<String> {
+        let cluster = self.shard.distributor.cluster()?;
+        Some(cluster.status().health_json())
     }
 }

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use super::forward::Forwarded;
 use super::handover::HandOver;
 use super::hooks::HookAnswer;
 use crate::connect::DisconnectTarget;
@@ -36,6 +37,18 @@ pub enum ShardMessage {
     HandOver(Box<HandOver>),
     /// Presence: another shard's changes of one turn, for one topic.
     Presence(Arc<PresenceSync>),
+    /// Long-poll: a request another node forwarded, for a session this
+    /// shard owns (sent by the cluster bus).
+    Forwarded(Box<Forwarded>),
+    /// Long-poll: the owner node's answer to a request this shard
+    /// forwarded (sent by the cluster bus).
+    ForwardAnswer {
+        /// This shard's id of the request.
+        id: u64,
+        /// The whole HTTP response; `None` when the session's node is not
+        /// up (the request is then handled here).
+        response: Option<Vec<u8>>,
+    },
     /// Stop accepting, close every client, flush, exit.
     Shutdown,
 }

@@ -15,10 +15,12 @@ use std::time::Instant;
 
 use super::clients::Sink;
 use super::connection::{ConnectionKey, PendingTransport, PendingUpgrade, Phase};
+use super::forward::Forwarding;
 use super::http::Handled;
 use super::Shard;
 use crate::admission::{admit, Admission, AdmissionRequest};
 use crate::connect::Identity;
+use crate::fanout::broadcast::NodeId;
 use crate::fanout::topics::ClientId;
 use crate::longpoll::session::{HeldRequest, LongPollSession};
 use crate::longpoll::token::{SessionAddress, TokenSigner};
@@ -43,6 +45,8 @@ pub struct LongPoll {
     /// Sessions with a held poll that got messages this turn: answered at
     /// the end of the turn, so one answer carries the whole turn.
     pub(super) ready: Vec<ClientId>,
+    /// Requests forwarded to and from other cluster nodes.
+    pub(super) forwarding: Forwarding,
 }
 
 impl LongPoll {
@@ -51,6 +55,7 @@ impl LongPoll {
         LongPoll {
             signer,
             ready: Vec::new(),
+            forwarding: Forwarding::default(),
         }
     }
 }
@@ -98,9 +103,20 @@ impl Shard {
         let token = from_header
             .clone()
             .or_else(|| last_value(&params, "token").map(str::to_string));
-        let address = token
+        let signed = token
             .as_deref()
-            .and_then(|t| self.longpoll.signer.verify(t));
+            .and_then(|t| self.longpoll.signer.verify_any(t));
+        let own = self.longpoll.signer.instance();
+        if let Some((instance, address)) = signed {
+            if instance != own && self.distributor.cluster().is_some() {
+                // Another node's session (the nodes share the secret).
+                let owner = NodeId(instance);
+                return self.forward_longpoll(key, owner, address.shard, request, now);
+            }
+        }
+        let address = signed
+            .filter(|(instance, _)| *instance == own)
+            .map(|(_, address)| address);
         if let Some(address) = address {
             let owner = usize::from(address.shard);
             if owner != self.id && owner < self.peers.len() {

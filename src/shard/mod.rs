@@ -29,6 +29,7 @@
 //! | [`connection`] (+ `connection_io`) | sockets, phases, outboxes, request parsers | — | flush | idle, request, closing and slow-consumer timeouts |
 //! | [`clients`] + `channels` | channel-layer clients, sinks, topics | `Broadcast`, `Disconnect` | — | — |
 //! | [`longpoll`] | session tokens, polls to answer | `HandOver` | answer polls | expire polls, POSTs, sessions |
+//! | [`forward`] | long-poll requests forwarded to and from other nodes | `Forwarded`, `ForwardAnswer` | — | `504` for unanswered forwards |
 //! | [`presence`] | tracked presences, the replica | `Presence` | diffs out, states to joiners | — |
 //! | [`hooks`] | the hook pool | `Hook` | — | — |
 
@@ -36,6 +37,7 @@ pub mod channels;
 pub mod clients;
 pub mod connection;
 mod connection_io;
+pub mod forward;
 pub mod handover;
 pub mod hooks;
 mod http;
@@ -115,6 +117,8 @@ pub struct ShardSetup {
     /// Random per process start: the node id of broadcasts, in session
     /// tokens and presence refs.
     pub instance: u64,
+    /// The cluster bus, when `[cluster]` is on.
+    pub cluster: Option<crate::cluster::ClusterHandle>,
 }
 
 /// Buffers reused every turn, so the hot path does not allocate.
@@ -179,6 +183,7 @@ impl Shard {
             hooks,
             signer,
             instance,
+            cluster,
         } = setup;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -195,7 +200,8 @@ impl Shard {
             poll,
             listener: Some(listener),
             inbox,
-            distributor: Distributor::new(NodeId(instance), id, peers.clone()),
+            distributor: Distributor::new(NodeId(instance), id, peers.clone())
+                .with_cluster(cluster),
             peers,
             config,
             metrics,
@@ -298,6 +304,7 @@ impl Shard {
         }
         self.connections_tick(now);
         self.longpoll_tick(now);
+        self.forwarding_tick(now);
     }
 
     /// Routes the inbox's messages to the components they belong to.
@@ -311,6 +318,10 @@ impl Shard {
                 ShardMessage::Hook(answer) => self.on_hook_answer(answer, now),
                 ShardMessage::HandOver(hand_over) => self.adopt(*hand_over, now),
                 ShardMessage::Presence(sync) => self.on_presence_sync(&sync, now),
+                ShardMessage::Forwarded(forwarded) => self.on_forwarded(*forwarded, now),
+                ShardMessage::ForwardAnswer { id, response } => {
+                    self.on_forward_answer(id, response.as_deref(), now)
+                }
                 ShardMessage::Shutdown => self.begin_shutdown(now),
             }
         }

@@ -231,6 +231,9 @@ impl Shard {
                 ShardMetrics::add(&self.metrics().presence_diffs, 1);
                 self.on_presence_sync(&sync, now);
                 self.send_to_peers(|| ShardMessage::Presence(sync.clone()));
+                if let Some(cluster) = self.distributor.cluster() {
+                    cluster.presence(&sync);
+                }
             }
         }
         let joiners = std::mem::take(&mut self.presence.awaiting_state);

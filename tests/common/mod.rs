@@ -7,6 +7,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 use cinder::{Config, ServerHandle};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{client::IntoClientRequest, Message, WebSocket};

@@ -1,0 +1,792 @@
+//! The bus thread: this node's one connection to Redis.
+//!
+//! It runs a single-threaded tokio runtime with two tasks:
+//!
+//! - the **main task** owns the state: Redis up or down, the
+//!   [`Membership`], the presence [`Ledger`] and the topic [`Interest`]. It
+//!   reads the shards' queues, heartbeats, expires silent nodes and
+//!   lingering topics, and handles control messages from other nodes;
+//! - the **publisher** sends what the main task queued, in order, as
+//!   pipelines (one round trip for everything that queued up meanwhile),
+//!   and reports each pipeline's outcome back.
+//!
+//! Messages from Redis arrive as RESP3 pushes on the same connection. A
+//! broadcast is handled right where it arrives: decoded once and handed to
+//! every shard's inbox (one `Arc` for all). Everything else goes to the
+//! main task. A node's own echoes are dropped after reading 10 bytes.
+//!
+//! Redis up and down: any failed command (or the connection's end) makes
+//! Redis *down*: the outage is logged once, queued messages are dropped
+//! and counted, and the shards keep serving their own clients. The next
+//! heartbeat that succeeds makes it *up* again: the node subscribes to
+//! its channels again, re-announces its presences (a snapshot) and asks
+//! the others for theirs, so every node's view converges.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use tokio::sync::mpsc;
+
+use super::envelope::{self, Envelope};
+use super::interest::{Change, Interest};
+use super::ledger::Ledger;
+use super::membership::Membership;
+use super::{BusQueues, ClusterConfig, ClusterStatus, Control};
+use crate::fanout::broadcast::{Broadcast, BroadcastId, Content, NodeId, Origin};
+use crate::presence::{PresenceDiff, PresenceSync};
+use crate::protocol::message::Payload;
+use crate::shard::forward::Forwarded;
+use crate::shard::inbox::{ShardInbox, ShardMessage};
+
+/// How long a topic stays subscribed after its last local subscriber left.
+const INTEREST_LINGER: Duration = Duration::from_secs(2);
+/// How often the main task checks timers (node timeouts, lingering topics).
+const TICK: Duration = Duration::from_millis(100);
+/// Messages one pipeline carries at most.
+const PIPELINE_MAX: usize = 512;
+/// Deadline of connecting to Redis and of each command.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Everything the bus thread needs.
+pub struct BusSetup {
+    /// `[cluster]`.
+    pub config: ClusterConfig,
+    /// This process's node id (random per start).
+    pub node: NodeId,
+    /// This node's name.
+    pub name: String,
+    /// Every shard's inbox.
+    pub shards: Arc<[ShardInbox]>,
+    /// The bus's ends of the shards' queues.
+    pub queues: BusQueues,
+    /// Shared with the handle: state and counters.
+    pub status: Arc<ClusterStatus>,
+}
+
+/// Why the bus could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The Redis URL does not parse.
+    #[error("cluster.redis: {0}")]
+    Url(redis::RedisError),
+    /// The runtime or thread could not be created.
+    #[error("cannot start the cluster bus: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The running bus thread.
+pub struct BusThread {
+    stop: mpsc::UnboundedSender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl BusThread {
+    /// Tells the other nodes this one is leaving (its presences leave at
+    /// once everywhere), then stops the thread.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts the bus thread. Redis need not be up: the bus connects when it
+/// can, and the node serves its own clients meanwhile.
+pub fn spawn(setup: BusSetup) -> Result<BusThread, BusError> {
+    let url = setup.config.redis.clone().unwrap_or_default();
+    let info = url.as_str().into_connection_info().map_err(BusError::Url)?;
+    let redis = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(redis)).map_err(BusError::Url)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (stop, stop_rx) = mpsc::unbounded_channel();
+    let thread = std::thread::Builder::new()
+        .name("cinder-bus".into())
+        .spawn(move || runtime.block_on(run(setup, client, stop_rx)))?;
+    Ok(BusThread { stop, thread })
+}
+
+/// What the main task hears from the publisher and from Redis.
+enum Event {
+    /// A non-broadcast envelope from another node.
+    Received(Vec<u8>),
+    /// The connection to Redis ended.
+    Disconnected,
+    /// A pipeline went through (with its round trip) or failed.
+    Sent(Result<Duration, String>),
+    /// A broadcast came from this node: a sign of life.
+    Heard(NodeId),
+}
+
+/// One thing for the publisher to do, in order.
+enum Op {
+    /// Publish `bytes` on `channel`; `queued` bytes are released after.
+    Publish {
+        channel: String,
+        bytes: Vec<u8>,
+        queued: usize,
+    },
+    /// Listen to these channels.
+    Subscribe(Vec<String>),
+    /// Stop listening to these channels.
+    Unsubscribe(Vec<String>),
+    /// Signal when everything before this went out.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Redis, as far as this node knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RedisState {
+    /// Never reached yet.
+    Connecting,
+    /// Answering.
+    Up,
+    /// Lost at this instant.
+    Down(Instant),
+}
+
+async fn run(setup: BusSetup, client: redis::Client, mut stop: mpsc::UnboundedReceiver<()>) {
+    let BusSetup {
+        config,
+        node,
+        name,
+        shards,
+        queues,
+        status,
+    } = setup;
+    let BusQueues {
+        broadcasts: mut broadcasts_rx,
+        control: mut control_rx,
+        queued_bytes,
+    } = queues;
+    let (events, mut events_rx) = mpsc::unbounded_channel();
+    let push = PushHandler {
+        node,
+        shards: shards.clone(),
+        status: status.clone(),
+        events: events.clone(),
+    };
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_response_timeout(Some(REDIS_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(2))
+        .set_push_sender(move |info: PushInfo| push.on_push(info));
+    let manager = match ConnectionManager::new_lazy_with_config(client, manager_config) {
+        Ok(manager) => manager,
+        Err(error) => {
+            tracing::error!(%error, "cluster: cannot set up the Redis connection; running as one node");
+            return;
+        }
+    };
+    let (ops, ops_rx) = mpsc::unbounded_channel();
+    tokio::spawn(publisher(
+        manager,
+        config.sharded,
+        ops_rx,
+        events,
+        status.clone(),
+        queued_bytes.clone(),
+    ));
+    let mut bus = Bus {
+        channels: Channels::new(&config.namespace, config.sharded),
+        node,
+        name,
+        shards,
+        status,
+        ops,
+        queued_bytes,
+        state: RedisState::Connecting,
+        membership: Membership::new(Duration::from_millis(config.node_timeout_ms)),
+        ledger: Ledger::default(),
+        interest: Interest::new(INTEREST_LINGER),
+        heartbeats: 0,
+        stamped: 0,
+    };
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(config.heartbeat_ms));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = tokio::time::interval(TICK);
+    let mut batch = Vec::with_capacity(PIPELINE_MAX);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.recv() => {
+                bus.leave().await;
+                return;
+            }
+            Some(event) = events_rx.recv() => bus.on_event(event),
+            Some(control) = control_rx.recv() => bus.on_control(control),
+            count = broadcasts_rx.recv_many(&mut batch, PIPELINE_MAX) => {
+                if count == 0 {
+                    return; // every shard is gone
+                }
+                for broadcast in batch.drain(..) {
+                    bus.publish_broadcast(&broadcast);
+                }
+            }
+            _ = heartbeat.tick() => bus.heartbeat(),
+            _ = tick.tick() => bus.on_tick(Instant::now()),
+        }
+    }
+}
+
+/// The channel names of one cluster.
+struct Channels {
+    prefix: String,
+    sharded: bool,
+}
+
+impl Channels {
+    fn new(namespace: &str, sharded: bool) -> Channels {
+        Channels {
+            prefix: namespace.to_string(),
+            sharded,
+        }
+    }
+
+    /// Heartbeats, presence, disconnects: every node listens.
+    fn control(&self) -> String {
+        format!("{}:ctl", self.prefix)
+    }
+
+    /// Messages for one node alone (forwarded long-poll requests and their
+    /// answers).
+    fn node(&self, node: NodeId) -> String {
+        format!("{}:n:{:016x}", self.prefix, node.0)
+    }
+
+    /// A topic's broadcasts. In sharded mode the topic is the hash tag, so
+    /// Redis Cluster spreads topics over its shards.
+    fn topic(&self, topic: &str) -> String {
+        if self.sharded {
+            format!("{}:t:{{{topic}}}", self.prefix)
+        } else {
+            format!("{}:t:{topic}", self.prefix)
+        }
+    }
+}
+
+/// The main task's state.
+struct Bus {
+    channels: Channels,
+    node: NodeId,
+    name: String,
+    shards: Arc<[ShardInbox]>,
+    status: Arc<ClusterStatus>,
+    ops: mpsc::UnboundedSender<Op>,
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    state: RedisState,
+    membership: Membership,
+    ledger: Ledger,
+    interest: Interest,
+    heartbeats: u64,
+    /// Presence diffs this bus stamped for the shards.
+    stamped: u64,
+}
+
+impl Bus {
+    /// Queues a broadcast published on this node for the other nodes.
+    fn publish_broadcast(&mut self, broadcast: &Arc<Broadcast>) {
+        let queued = broadcast.payload().bytes().len() + broadcast.topic().len() + 64;
+        // While Redis is down the broadcast could only wait to go stale.
+        // (Its bytes were counted by the handle; the publisher releases
+        // them once sent.)
+        if matches!(self.state, RedisState::Down(_)) {
+            self.queued_bytes.fetch_sub(queued, Ordering::AcqRel);
+            ClusterStatus::add(&self.status.dropped, 1);
+            return;
+        }
+        let bytes = Envelope::Broadcast(broadcast.clone()).encode(self.node);
+        let channel = self.channels.topic(broadcast.topic());
+        self.send(Op::Publish {
+            channel,
+            bytes,
+            queued,
+        });
+    }
+
+    /// Queues a control message, unless Redis is down: then it is dropped
+    /// (and counted), since coming back re-announces everything anyway.
+    fn publish_control(&mut self, envelope: &Envelope) {
+        self.publish_to(self.channels.control(), envelope);
+    }
+
+    /// Queues a message for `channel`, unless Redis is down (dropped and
+    /// counted: a forwarded long-poll request then times out on its node).
+    fn publish_to(&mut self, channel: String, envelope: &Envelope) {
+        if matches!(self.state, RedisState::Down(_)) {
+            ClusterStatus::add(&self.status.dropped, 1);
+            return;
+        }
+        let op = Op::Publish {
+            channel,
+            bytes: envelope.encode(self.node),
+            queued: 0,
+        };
+        self.send(op);
+    }
+
+    fn send(&self, op: Op) {
+        // The publisher lives as long as the runtime: a failed send means
+        // the thread is ending.
+        let _ = self.ops.send(op);
+    }
+
+    fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Interest {
+                topic,
+                shard,
+                interested,
+            } => {
+                if let Some(Change::Subscribe(topic)) =
+                    self.interest.set(&topic, shard, interested, Instant::now())
+                {
+                    if self.state == RedisState::Up {
+                        self.send(Op::Subscribe(vec![self.channels.topic(&topic)]));
+                    }
+                }
+            }
+            Control::Presence(sync) => {
+                self.ledger.apply(self.node, &sync.diff);
+                self.publish_control(&Envelope::PresenceDiff(sync.diff.clone()));
+            }
+            Control::Disconnect(target) => {
+                self.publish_control(&Envelope::Disconnect((*target).clone()));
+            }
+            Control::Forward { to, request } => {
+                if self.membership.name(to).is_none() {
+                    // Not a node we hear from: its sessions are gone. The
+                    // forwarding shard handles the request itself.
+                    if let Some(shard) = self.shards.get((request.id >> 48) as usize) {
+                        shard.send(ShardMessage::ForwardAnswer {
+                            id: request.id,
+                            response: None,
+                        });
+                    }
+                    return;
+                }
+                let channel = self.channels.node(to);
+                self.publish_to(channel, &Envelope::LongPollRequest(request));
+            }
+            Control::Answer { to, id, response } => {
+                let channel = self.channels.node(to);
+                self.publish_to(channel, &Envelope::LongPollAnswer { id, response });
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Received(bytes) => self.on_received(&bytes),
+            Event::Disconnected => self.redis_down("the connection closed"),
+            Event::Sent(Ok(_)) => self.redis_up(),
+            Event::Sent(Err(error)) => self.redis_down(&error),
+            Event::Heard(node) => self.heard(node, None),
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        self.heartbeats += 1;
+        let envelope = Envelope::Heartbeat {
+            name: self.name.clone(),
+            sequence: self.heartbeats,
+        };
+        // Heartbeats go out even while Redis is down: the first that
+        // succeeds is how the bus learns Redis is back.
+        let op = Op::Publish {
+            channel: self.channels.control(),
+            bytes: envelope.encode(self.node),
+            queued: 0,
+        };
+        self.send(op);
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        for node in self.membership.expire(now) {
+            tracing::warn!(
+                node = node.0,
+                "cluster: a node went silent; its presences leave"
+            );
+            ClusterStatus::add(&self.status.nodes_left, 1);
+            let leaves = self.ledger.remove_node(node);
+            self.presence_to_shards(node, leaves);
+        }
+        let gone: Vec<String> = self
+            .interest
+            .expire(now)
+            .into_iter()
+            .filter_map(|change| match change {
+                Change::Unsubscribe(topic) => Some(self.channels.topic(&topic)),
+                Change::Subscribe(_) => None,
+            })
+            .collect();
+        if !gone.is_empty() && self.state == RedisState::Up {
+            self.send(Op::Unsubscribe(gone));
+        }
+        self.status
+            .set_counts(self.membership.len(), self.interest.len());
+    }
+
+    /// A control message from another node.
+    fn on_received(&mut self, bytes: &[u8]) {
+        let received = match envelope::decode(bytes) {
+            Ok(received) => received,
+            Err(error) => {
+                ClusterStatus::add(&self.status.malformed, 1);
+                tracing::debug!(%error, "cluster: malformed message dropped");
+                return;
+            }
+        };
+        let from = received.from;
+        let name = match &received.envelope {
+            Envelope::Heartbeat { name, .. } => Some(name.as_str()),
+            _ => None,
+        };
+        if !matches!(received.envelope, Envelope::Leaving) {
+            let name = name.map(str::to_string);
+            self.heard(from, name.as_deref());
+        }
+        match received.envelope {
+            Envelope::Broadcast(broadcast) => self.to_every_shard(broadcast),
+            Envelope::Heartbeat { .. } => {}
+            Envelope::PresenceDiff(diff) => {
+                let change = self.ledger.apply(from, &diff);
+                self.presence_to_shards(from, change.into_iter().collect());
+            }
+            Envelope::PresenceSnapshot(snapshot) => {
+                let changes = self.ledger.replace(from, &snapshot);
+                self.presence_to_shards(from, changes);
+            }
+            Envelope::SyncRequest { target } => {
+                if target.is_none_or(|t| t == self.node) {
+                    self.announce();
+                }
+            }
+            Envelope::Disconnect(target) => {
+                let target = Arc::new(target);
+                for shard in self.shards.iter() {
+                    shard.send(ShardMessage::Disconnect(target.clone()));
+                }
+            }
+            Envelope::LongPollRequest(forwarded) => {
+                if let Some(shard) = self.shards.get(usize::from(forwarded.shard)) {
+                    shard.send(ShardMessage::Forwarded(Box::new(Forwarded {
+                        from,
+                        request: *forwarded,
+                    })));
+                }
+            }
+            Envelope::LongPollAnswer { id, response } => {
+                if let Some(shard) = self.shards.get((id >> 48) as usize) {
+                    shard.send(ShardMessage::ForwardAnswer {
+                        id,
+                        response: Some(response),
+                    });
+                }
+            }
+            Envelope::Leaving => {
+                if self.membership.left(from) {
+                    tracing::info!(node = from.0, "cluster: a node left");
+                    ClusterStatus::add(&self.status.nodes_left, 1);
+                }
+                let leaves = self.ledger.remove_node(from);
+                self.presence_to_shards(from, leaves);
+            }
+        }
+    }
+
+    /// Something came from `node`. A node new to us (started, or back
+    /// after being declared down) is asked for everything it owns.
+    fn heard(&mut self, node: NodeId, name: Option<&str>) {
+        if self.membership.heard(node, name, Instant::now()) {
+            ClusterStatus::add(&self.status.nodes_joined, 1);
+            tracing::info!(
+                node = node.0,
+                name = name.unwrap_or(""),
+                "cluster: a node is up"
+            );
+            self.publish_control(&Envelope::SyncRequest { target: Some(node) });
+        }
+    }
+
+    /// Publishes everything this node owns.
+    fn announce(&mut self) {
+        let snapshot = self.ledger.snapshot(self.node);
+        self.publish_control(&Envelope::PresenceSnapshot(snapshot));
+    }
+
+    fn to_every_shard(&self, broadcast: Arc<Broadcast>) {
+        for shard in self.shards.iter() {
+            shard.send(ShardMessage::Broadcast(broadcast.clone()));
+        }
+    }
+
+    /// Hands other nodes' presence changes to every shard, each with its
+    /// `presence_diff` message, as a shard hands its own to its peers.
+    fn presence_to_shards(&mut self, from: NodeId, diffs: Vec<PresenceDiff>) {
+        for diff in diffs {
+            let content = Content::new(
+                diff.topic.clone(),
+                "presence_diff".to_string(),
+                Payload::Json(diff.payload()),
+            );
+            let Ok(content) = content else { continue };
+            self.stamped += 1;
+            let origin = Origin {
+                node: from,
+                shard: u16::MAX,
+                sender: None,
+            };
+            let id = BroadcastId::new(u16::MAX, self.stamped);
+            let broadcast = Arc::new(Broadcast::new(content, id, origin, unix_ms()));
+            let sync = Arc::new(PresenceSync { diff, broadcast });
+            for shard in self.shards.iter() {
+                shard.send(ShardMessage::Presence(sync.clone()));
+            }
+        }
+    }
+
+    fn redis_up(&mut self) {
+        match self.state {
+            RedisState::Up => return,
+            RedisState::Connecting => tracing::info!("cluster: connected to Redis"),
+            RedisState::Down(since) => {
+                ClusterStatus::add(&self.status.reconnects, 1);
+                tracing::warn!(
+                    after_s = since.elapsed().as_secs_f64(),
+                    "cluster: Redis is back; resubscribing and re-announcing presences"
+                );
+            }
+        }
+        self.state = RedisState::Up;
+        self.status.set_redis(true, unix_ms());
+        let mut channels = vec![self.channels.control(), self.channels.node(self.node)];
+        channels.extend(self.interest.topics().map(|t| self.channels.topic(t)));
+        self.send(Op::Subscribe(channels));
+        self.announce();
+        self.publish_control(&Envelope::SyncRequest { target: None });
+    }
+
+    fn redis_down(&mut self, error: &str) {
+        if matches!(self.state, RedisState::Down(_)) {
+            return;
+        }
+        if self.state == RedisState::Up {
+            tracing::warn!(
+                %error,
+                "cluster: lost Redis; serving local clients, dropping cross-node messages until it is back"
+            );
+        } else {
+            tracing::warn!(%error, "cluster: cannot reach Redis yet; serving local clients meanwhile");
+        }
+        self.state = RedisState::Down(Instant::now());
+        self.status.set_redis(false, unix_ms());
+    }
+
+    /// Tells the others this node is leaving, waiting (briefly) until
+    /// that and everything queued before it went out.
+    async fn leave(&mut self) {
+        if self.state != RedisState::Up {
+            return;
+        }
+        self.publish_control(&Envelope::Leaving);
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        self.send(Op::Flush(done));
+        let _ = tokio::time::timeout(Duration::from_secs(1), flushed).await;
+    }
+}
+
+/// Handles Redis pushes where they arrive (the connection's task): a
+/// broadcast goes straight to the shards; anything else to the main task.
+struct PushHandler {
+    node: NodeId,
+    shards: Arc<[ShardInbox]>,
+    status: Arc<ClusterStatus>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl PushHandler {
+    fn on_push(&self, info: PushInfo) -> Result<(), std::convert::Infallible> {
+        match info.kind {
+            PushKind::Message | PushKind::SMessage => {
+                if let Some(Value::BulkString(bytes)) = info.data.into_iter().nth(1) {
+                    self.on_message(bytes);
+                }
+            }
+            PushKind::Disconnection => {
+                let _ = self.events.send(Event::Disconnected);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_message(&self, bytes: Vec<u8>) {
+        match envelope::sender(&bytes) {
+            Some(node) if node == self.node => return, // our own echo
+            Some(_) => {}
+            None => {
+                ClusterStatus::add(&self.status.malformed, 1);
+                return;
+            }
+        }
+        ClusterStatus::add(&self.status.received, 1);
+        if !envelope::is_broadcast(&bytes) {
+            let _ = self.events.send(Event::Received(bytes));
+            return;
+        }
+        match envelope::decode(&bytes) {
+            Ok(received) => {
+                if let Envelope::Broadcast(broadcast) = received.envelope {
+                    for shard in self.shards.iter() {
+                        shard.send(ShardMessage::Broadcast(broadcast.clone()));
+                    }
+                }
+                // A broadcast is also a sign of life of its node.
+                let _ = self.events.send(Event::Heard(received.from));
+            }
+            Err(error) => {
+                ClusterStatus::add(&self.status.malformed, 1);
+                tracing::debug!(%error, "cluster: malformed broadcast dropped");
+            }
+        }
+    }
+}
+
+/// Sends what the main task queues, in order: consecutive publishes as one
+/// pipeline, subscriptions as their own commands.
+async fn publisher(
+    mut manager: ConnectionManager,
+    sharded: bool,
+    mut ops: mpsc::UnboundedReceiver<Op>,
+    events: mpsc::UnboundedSender<Event>,
+    status: Arc<ClusterStatus>,
+    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let publish = if sharded { "SPUBLISH" } else { "PUBLISH" };
+    let (subscribe, unsubscribe) = if sharded {
+        ("SSUBSCRIBE", "SUNSUBSCRIBE")
+    } else {
+        ("SUBSCRIBE", "UNSUBSCRIBE")
+    };
+    let mut batch = VecDeque::with_capacity(PIPELINE_MAX);
+    let mut received = Vec::with_capacity(PIPELINE_MAX);
+    while ops.recv_many(&mut received, PIPELINE_MAX).await > 0 {
+        batch.extend(received.drain(..));
+        while let Some(op) = batch.pop_front() {
+            let result = match op {
+                Op::Publish {
+                    channel,
+                    bytes,
+                    queued,
+                } => {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd(publish).arg(channel).arg(bytes).ignore();
+                    let (mut count, mut release) = (1, queued);
+                    while let Some(Op::Publish { .. }) = batch.front() {
+                        let Some(Op::Publish {
+                            channel,
+                            bytes,
+                            queued,
+                        }) = batch.pop_front()
+                        else {
+                            unreachable!("front was a publish")
+                        };
+                        pipe.cmd(publish).arg(channel).arg(bytes).ignore();
+                        count += 1;
+                        release += queued;
+                    }
+                    let started = Instant::now();
+                    let result = pipe.exec_async(&mut manager).await;
+                    queued_bytes.fetch_sub(release, Ordering::AcqRel);
+                    match result {
+                        Ok(()) => {
+                            let rtt = started.elapsed();
+                            status.record_rtt(rtt);
+                            ClusterStatus::add(&status.sent, count);
+                            Ok(rtt)
+                        }
+                        Err(error) => {
+                            ClusterStatus::add(&status.dropped, count);
+                            Err(error.to_string())
+                        }
+                    }
+                }
+                Op::Subscribe(channels) => {
+                    subscription(&mut manager, subscribe, channels, sharded).await
+                }
+                Op::Unsubscribe(channels) => {
+                    subscription(&mut manager, unsubscribe, channels, sharded).await
+                }
+                Op::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
+            let failed = result.is_err();
+            let _ = events.send(Event::Sent(result));
+            if failed {
+                // Redis is away: what waits is stale by the time it is
+                // back (the node re-announces itself then). Drop it now
+                // rather than time out on each.
+                drop_all(&mut batch, &mut ops, &status, &queued_bytes);
+            }
+        }
+    }
+}
+
+async fn subscription(
+    manager: &mut ConnectionManager,
+    command: &str,
+    channels: Vec<String>,
+    sharded: bool,
+) -> Result<Duration, String> {
+    if channels.is_empty() {
+        return Ok(Duration::ZERO);
+    }
+    let started = Instant::now();
+    let result = match (command, sharded) {
+        ("SUBSCRIBE", _) => manager.subscribe(&channels).await,
+        ("UNSUBSCRIBE", _) => manager.unsubscribe(&channels).await,
+        _ => Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "sharded pub/sub needs a Redis Cluster connection",
+        ))),
+    };
+    result
+        .map(|()| started.elapsed())
+        .map_err(|e| e.to_string())
+}
+
+fn drop_all(
+    batch: &mut VecDeque<Op>,
+    ops: &mut mpsc::UnboundedReceiver<Op>,
+    status: &ClusterStatus,
+    queued_bytes: &std::sync::atomic::AtomicUsize,
+) {
+    while let Ok(op) = ops.try_recv() {
+        batch.push_back(op);
+    }
+    for op in batch.drain(..) {
+        if let Op::Publish { queued, .. } = op {
+            queued_bytes.fetch_sub(queued, Ordering::AcqRel);
+            ClusterStatus::add(&status.dropped, 1);
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

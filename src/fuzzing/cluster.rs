@@ -1,0 +1,41 @@
+//! The cluster envelope: whatever arrives from Redis.
+
+use crate::cluster::envelope::{decode, is_broadcast, sender, Envelope};
+
+/// Decodes arbitrary bytes as a bus message. Invariants: no panic; the
+/// 10-byte peeks agree with the full decode; a message that decodes is
+/// whole (re-encoding it gives bytes that decode to the same encoding,
+/// so nothing was half-read or invented), and a broadcast in it carries
+/// a payload of the kind it says.
+pub fn cluster_envelope(data: &[u8]) {
+    let peeked = sender(data);
+    let broadcast = is_broadcast(data);
+    let Ok(received) = decode(data) else {
+        return;
+    };
+    assert_eq!(
+        peeked,
+        Some(received.from),
+        "sender() disagrees with decode()"
+    );
+    assert_eq!(
+        broadcast,
+        matches!(received.envelope, Envelope::Broadcast(_)),
+        "is_broadcast() disagrees with decode()"
+    );
+    let encoded = received.envelope.encode(received.from);
+    let again = decode(&encoded).expect("a decoded envelope, encoded again, decodes");
+    assert_eq!(
+        again.envelope.encode(again.from),
+        encoded,
+        "encode ∘ decode is not stable"
+    );
+    if let Envelope::Broadcast(broadcast) = &received.envelope {
+        if let crate::protocol::message::Payload::Json(text) = broadcast.payload() {
+            assert!(
+                text.first() == Some(&b'{'),
+                "a JSON payload that is no object"
+            );
+        }
+    }
+}
