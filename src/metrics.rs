@@ -44,6 +44,8 @@ pub struct ShardMetrics {
     pub longpoll_sessions: AtomicU64,
     /// Long-poll requests moved to the shard owning their session.
     pub longpoll_handovers: AtomicU64,
+    /// Long-poll requests forwarded to the cluster node owning their session.
+    pub longpoll_forwarded: AtomicU64,
     /// Presence diffs sent (one per changed topic per shard per loop turn).
     pub presence_diffs: AtomicU64,
     /// Bytes written to sockets.
@@ -73,7 +75,7 @@ type Field = fn(&ShardMetrics) -> &AtomicU64;
 /// counter it reads, help text. Kept as a table, one metric a row, so adding
 /// a counter is one line here.
 #[rustfmt::skip]
-const METRICS: [(&str, &str, Field, &str); 19] = [
+const METRICS: [(&str, &str, Field, &str); 20] = [
     ("cinder_connections",                      "gauge",   |m| &m.connections,          "Open connections."),
     ("cinder_connections_accepted_total",       "counter", |m| &m.accepted,             "Connections accepted."),
     ("cinder_connections_refused_total",        "counter", |m| &m.refused,              "Connections refused because a shard was full."),
@@ -86,6 +88,7 @@ const METRICS: [(&str, &str, Field, &str); 19] = [
     ("cinder_binary_skipped_v1_total",          "counter", |m| &m.binary_skipped_v1,    "Binary broadcasts not sent to V1 or long-poll subscribers (no binary form)."),
     ("cinder_longpoll_sessions",                "gauge",   |m| &m.longpoll_sessions,    "Long-poll sessions open."),
     ("cinder_longpoll_handovers_total",         "counter", |m| &m.longpoll_handovers,   "Long-poll requests moved to the shard owning their session."),
+    ("cinder_longpoll_forwarded_total",         "counter", |m| &m.longpoll_forwarded,   "Long-poll requests forwarded to the cluster node owning their session."),
     ("cinder_presence_diffs_total",             "counter", |m| &m.presence_diffs,       "Presence diffs sent (one per changed topic, shard and loop turn)."),
     ("cinder_client_messages_total",            "counter", |m| &m.client_messages,      "Client messages received."),
     ("cinder_slow_consumer_closes_total",       "counter", |m| &m.slow_consumer_closes, "Connections closed as slow consumers."),

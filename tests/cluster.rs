@@ -388,3 +388,173 @@ fn malformed_bus_messages_are_counted_and_harm_nobody() {
     assert_eq!(on_b.recv_text(), r#"[null,null,"room:m","ok",{}]"#);
     assert_eq!(b.cluster_health()["redis"], json!("up"));
 }
+
+/// One long-poll request on a fresh connection; returns (status, JSON body).
+fn longpoll(node: &Node, method: &str, query: &str, body: &str) -> (u16, Value) {
+    let request = format!(
+        "{method} /socket/longpoll?vsn=2.0.0{query} HTTP/1.1\r\nhost: t\r\n\
+         content-type: application/x-ndjson\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, body) = common::http_exchange(node.addr, request.as_bytes());
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Polls through `nodes` in turn until `count` messages came; returns them.
+fn poll_messages(nodes: &[&Node], token: &str, count: usize) -> Vec<Value> {
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + CONVERGE;
+    let mut turn = 0;
+    while messages.len() < count {
+        assert!(Instant::now() < deadline, "only {messages:?}");
+        let (status, body) = longpoll(
+            nodes[turn % nodes.len()],
+            "GET",
+            &format!("&token={token}"),
+            "",
+        );
+        turn += 1;
+        assert_eq!(status, 200, "{body}");
+        for text in body["messages"].as_array().cloned().unwrap_or_default() {
+            messages.push(serde_json::from_str(text.as_str().unwrap()).unwrap());
+        }
+    }
+    messages
+}
+
+#[test]
+fn a_long_poll_session_works_with_requests_alternating_between_nodes() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis, "");
+    // The session opens on A; every later request alternates B, A, B…
+    let (status, opened) = longpoll(&a, "GET", "", "");
+    assert_eq!((status, opened["status"].clone()), (200, json!(410)));
+    let token = opened["token"].as_str().unwrap().to_string();
+    let (status, posted) = longpoll(
+        &b,
+        "POST",
+        &format!("&token={token}"),
+        r#"["1","1","room:lp","phx_join",{}]"#,
+    );
+    assert_eq!((status, posted), (200, json!({"status": 200})));
+    let reply = poll_messages(&[&b, &a], &token, 1);
+    assert_eq!(reply[0][3], "phx_reply");
+    assert_eq!(reply[0][4]["status"], "ok");
+    // A WebSocket client on B and the long-poll session (on A) chat.
+    let mut on_b = b.connect();
+    on_b.join("room:lp", "1");
+    wait_subscribers(&redis, "room:lp", 2);
+    for n in 0..5 {
+        let line = format!(r#"["1","{}","room:lp","msg",{{"n":{n}}}]"#, n + 2);
+        let (status, _) = longpoll([&a, &b][n % 2], "POST", &format!("&token={token}"), &line);
+        assert_eq!(status, 200);
+    }
+    for n in 0..5 {
+        assert_eq!(
+            on_b.recv_text(),
+            format!(r#"[null,null,"room:lp","msg",{{"n":{n}}}]"#)
+        );
+    }
+    let got = poll_messages(&[&b, &a], &token, 10);
+    let broadcasts: Vec<&Value> = got.iter().filter(|m| m[3] == "msg").collect();
+    let numbers: Vec<u64> = broadcasts
+        .iter()
+        .map(|m| m[4]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, [0, 1, 2, 3, 4], "in order, once: {got:?}");
+    assert!(
+        b.metric("cinder_longpoll_forwarded_total") > 0,
+        "B forwarded requests"
+    );
+}
+
+#[test]
+fn a_long_poll_request_for_a_dead_nodes_session_opens_a_new_one() {
+    let redis = Redis::start();
+    let (mut a, b) = two_nodes(&redis, "");
+    let (_, opened) = longpoll(&a, "GET", "", "");
+    let token = opened["token"].as_str().unwrap().to_string();
+    a.kill9();
+    b.wait_cluster(1);
+    let started = Instant::now();
+    let (status, answer) = longpoll(&b, "GET", &format!("&token={token}"), "");
+    assert_eq!(
+        (status, answer["status"].clone()),
+        (200, json!(410)),
+        "{answer}"
+    );
+    assert_ne!(answer["token"], json!(token), "a new session, on B");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at once"
+    );
+    // A POST of the dead session is told the session is gone, as Phoenix does.
+    let (status, posted) = longpoll(&b, "POST", &format!("&token={token}"), "[]");
+    assert_eq!((status, posted), (200, json!({"status": 410})));
+}
+
+#[test]
+fn sharded_pub_sub_over_a_redis_cluster() {
+    let redis = common::cluster::RedisCluster::start();
+    let a = Node::start_with(&redis.url(), "a", 1, "sharded = true", PRESENCE);
+    let b = Node::start_with(&redis.url(), "b", 1, "sharded = true", PRESENCE);
+    a.wait_cluster(2);
+    b.wait_cluster(2);
+    // Topics hash to different Redis shards; each still crosses nodes, in order.
+    let topics = ["room:s1", "room:s2", "room:s3", "room:s4"];
+    let mut readers: Vec<Client> = topics
+        .iter()
+        .map(|topic| {
+            let mut reader = b.connect();
+            reader.join(topic, "1");
+            reader
+        })
+        .collect();
+    let mut probe = 0;
+    for (topic, reader) in topics.iter().zip(readers.iter_mut()) {
+        // Subscriptions go out asynchronously: probe until one arrives.
+        wait_until(&format!("{topic} crosses nodes"), || {
+            probe += 1;
+            a.post(
+                "/api/broadcast",
+                &format!(r#"{{"topic":"{topic}","event":"probe","payload":{{}}}}"#),
+            );
+            reader
+                .ws
+                .get_mut()
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            matches!(reader.ws.read(), Ok(tungstenite::Message::Text(_)))
+        });
+        reader
+            .ws
+            .get_mut()
+            .set_read_timeout(Some(common::WAIT))
+            .unwrap();
+        reader.sync("2"); // any probe still on its way arrives before the reply
+    }
+    for n in 0..50 {
+        for topic in topics {
+            a.post(
+                "/api/broadcast",
+                &format!(r#"{{"topic":"{topic}","event":"n","payload":{{"n":{n}}}}}"#),
+            );
+        }
+    }
+    for (topic, reader) in topics.iter().zip(readers.iter_mut()) {
+        let mut n = 0;
+        while n < 50 {
+            let message: Value = reader.recv_json();
+            if message[3] == "probe" {
+                continue;
+            }
+            assert_eq!(message, json!([null, null, topic, "n", {"n": n}]));
+            n += 1;
+        }
+    }
+    // Presence crosses too.
+    let mut ann = Member::join(&a, "lobby:s", "ann");
+    let mut bob = Member::join(&b, "lobby:s", "bob");
+    ann.wait_for(&[("ann", 1), ("bob", 1)]);
+    bob.wait_for(&[("ann", 1), ("bob", 1)]);
+}

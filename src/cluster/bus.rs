@@ -1,6 +1,7 @@
 //! The bus thread: this node's one connection to Redis.
 //!
-//! It runs a single-threaded tokio runtime with two tasks:
+//! It runs a single-threaded tokio runtime with two tasks (the second, and
+//! the connection itself, live in [`super::redis_link`]):
 //!
 //! - the **main task** owns the state: Redis up or down, the
 //!   [`Membership`], the presence [`Ledger`] and the topic [`Interest`]. It
@@ -22,21 +23,20 @@
 //! its channels again, re-announces its presences (a snapshot) and asks
 //! the others for theirs, so every node's view converges.
 
-use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{ConnectionInfo, IntoConnectionInfo};
 use tokio::sync::mpsc;
 
 use super::envelope::{self, Envelope};
 use super::interest::{Change, Interest};
 use super::ledger::Ledger;
 use super::membership::Membership;
+use super::redis_link::{publisher, Event, Link, Op, PushHandler, PIPELINE_MAX};
 use super::{BusQueues, ClusterConfig, ClusterStatus, Control};
 use crate::fanout::broadcast::{Broadcast, BroadcastId, Content, NodeId, Origin};
 use crate::presence::{PresenceDiff, PresenceSync};
@@ -48,10 +48,6 @@ use crate::shard::inbox::{ShardInbox, ShardMessage};
 const INTEREST_LINGER: Duration = Duration::from_secs(2);
 /// How often the main task checks timers (node timeouts, lingering topics).
 const TICK: Duration = Duration::from_millis(100);
-/// Messages one pipeline carries at most.
-const PIPELINE_MAX: usize = 512;
-/// Deadline of connecting to Redis and of each command.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Everything the bus thread needs.
 pub struct BusSetup {
@@ -100,47 +96,14 @@ impl BusThread {
 pub fn spawn(setup: BusSetup) -> Result<BusThread, BusError> {
     let url = setup.config.redis.clone().unwrap_or_default();
     let info = url.as_str().into_connection_info().map_err(BusError::Url)?;
-    let redis = info
-        .redis_settings()
-        .clone()
-        .set_protocol(ProtocolVersion::RESP3);
-    let client = redis::Client::open(info.set_redis_settings(redis)).map_err(BusError::Url)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (stop, stop_rx) = mpsc::unbounded_channel();
     let thread = std::thread::Builder::new()
         .name("cinder-bus".into())
-        .spawn(move || runtime.block_on(run(setup, client, stop_rx)))?;
+        .spawn(move || runtime.block_on(run(setup, info, stop_rx)))?;
     Ok(BusThread { stop, thread })
-}
-
-/// What the main task hears from the publisher and from Redis.
-enum Event {
-    /// A non-broadcast envelope from another node.
-    Received(Vec<u8>),
-    /// The connection to Redis ended.
-    Disconnected,
-    /// A pipeline went through (with its round trip) or failed.
-    Sent(Result<Duration, String>),
-    /// A broadcast came from this node: a sign of life.
-    Heard(NodeId),
-}
-
-/// One thing for the publisher to do, in order.
-enum Op {
-    /// Publish `bytes` on `channel`; `queued` bytes are released after.
-    Publish {
-        channel: String,
-        bytes: Vec<u8>,
-        queued: usize,
-    },
-    /// Listen to these channels.
-    Subscribe(Vec<String>),
-    /// Stop listening to these channels.
-    Unsubscribe(Vec<String>),
-    /// Signal when everything before this went out.
-    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Redis, as far as this node knows.
@@ -154,7 +117,7 @@ enum RedisState {
     Down(Instant),
 }
 
-async fn run(setup: BusSetup, client: redis::Client, mut stop: mpsc::UnboundedReceiver<()>) {
+async fn run(setup: BusSetup, info: ConnectionInfo, mut stop: mpsc::UnboundedReceiver<()>) {
     let BusSetup {
         config,
         node,
@@ -175,14 +138,8 @@ async fn run(setup: BusSetup, client: redis::Client, mut stop: mpsc::UnboundedRe
         status: status.clone(),
         events: events.clone(),
     };
-    let manager_config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(REDIS_TIMEOUT))
-        .set_response_timeout(Some(REDIS_TIMEOUT))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(2))
-        .set_push_sender(move |info: PushInfo| push.on_push(info));
-    let manager = match ConnectionManager::new_lazy_with_config(client, manager_config) {
-        Ok(manager) => manager,
+    let link = match Link::new(info, config.sharded, push) {
+        Ok(link) => link,
         Err(error) => {
             tracing::error!(%error, "cluster: cannot set up the Redis connection; running as one node");
             return;
@@ -190,8 +147,7 @@ async fn run(setup: BusSetup, client: redis::Client, mut stop: mpsc::UnboundedRe
     };
     let (ops, ops_rx) = mpsc::unbounded_channel();
     tokio::spawn(publisher(
-        manager,
-        config.sharded,
+        link,
         ops_rx,
         events,
         status.clone(),
@@ -603,185 +559,6 @@ impl Bus {
         let (done, flushed) = tokio::sync::oneshot::channel();
         self.send(Op::Flush(done));
         let _ = tokio::time::timeout(Duration::from_secs(1), flushed).await;
-    }
-}
-
-/// Handles Redis pushes where they arrive (the connection's task): a
-/// broadcast goes straight to the shards; anything else to the main task.
-struct PushHandler {
-    node: NodeId,
-    shards: Arc<[ShardInbox]>,
-    status: Arc<ClusterStatus>,
-    events: mpsc::UnboundedSender<Event>,
-}
-
-impl PushHandler {
-    fn on_push(&self, info: PushInfo) -> Result<(), std::convert::Infallible> {
-        match info.kind {
-            PushKind::Message | PushKind::SMessage => {
-                if let Some(Value::BulkString(bytes)) = info.data.into_iter().nth(1) {
-                    self.on_message(bytes);
-                }
-            }
-            PushKind::Disconnection => {
-                let _ = self.events.send(Event::Disconnected);
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn on_message(&self, bytes: Vec<u8>) {
-        match envelope::sender(&bytes) {
-            Some(node) if node == self.node => return, // our own echo
-            Some(_) => {}
-            None => {
-                ClusterStatus::add(&self.status.malformed, 1);
-                return;
-            }
-        }
-        ClusterStatus::add(&self.status.received, 1);
-        if !envelope::is_broadcast(&bytes) {
-            let _ = self.events.send(Event::Received(bytes));
-            return;
-        }
-        match envelope::decode(&bytes) {
-            Ok(received) => {
-                if let Envelope::Broadcast(broadcast) = received.envelope {
-                    for shard in self.shards.iter() {
-                        shard.send(ShardMessage::Broadcast(broadcast.clone()));
-                    }
-                }
-                // A broadcast is also a sign of life of its node.
-                let _ = self.events.send(Event::Heard(received.from));
-            }
-            Err(error) => {
-                ClusterStatus::add(&self.status.malformed, 1);
-                tracing::debug!(%error, "cluster: malformed broadcast dropped");
-            }
-        }
-    }
-}
-
-/// Sends what the main task queues, in order: consecutive publishes as one
-/// pipeline, subscriptions as their own commands.
-async fn publisher(
-    mut manager: ConnectionManager,
-    sharded: bool,
-    mut ops: mpsc::UnboundedReceiver<Op>,
-    events: mpsc::UnboundedSender<Event>,
-    status: Arc<ClusterStatus>,
-    queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
-) {
-    let publish = if sharded { "SPUBLISH" } else { "PUBLISH" };
-    let (subscribe, unsubscribe) = if sharded {
-        ("SSUBSCRIBE", "SUNSUBSCRIBE")
-    } else {
-        ("SUBSCRIBE", "UNSUBSCRIBE")
-    };
-    let mut batch = VecDeque::with_capacity(PIPELINE_MAX);
-    let mut received = Vec::with_capacity(PIPELINE_MAX);
-    while ops.recv_many(&mut received, PIPELINE_MAX).await > 0 {
-        batch.extend(received.drain(..));
-        while let Some(op) = batch.pop_front() {
-            let result = match op {
-                Op::Publish {
-                    channel,
-                    bytes,
-                    queued,
-                } => {
-                    let mut pipe = redis::pipe();
-                    pipe.cmd(publish).arg(channel).arg(bytes).ignore();
-                    let (mut count, mut release) = (1, queued);
-                    while let Some(Op::Publish { .. }) = batch.front() {
-                        let Some(Op::Publish {
-                            channel,
-                            bytes,
-                            queued,
-                        }) = batch.pop_front()
-                        else {
-                            unreachable!("front was a publish")
-                        };
-                        pipe.cmd(publish).arg(channel).arg(bytes).ignore();
-                        count += 1;
-                        release += queued;
-                    }
-                    let started = Instant::now();
-                    let result = pipe.exec_async(&mut manager).await;
-                    queued_bytes.fetch_sub(release, Ordering::AcqRel);
-                    match result {
-                        Ok(()) => {
-                            let rtt = started.elapsed();
-                            status.record_rtt(rtt);
-                            ClusterStatus::add(&status.sent, count);
-                            Ok(rtt)
-                        }
-                        Err(error) => {
-                            ClusterStatus::add(&status.dropped, count);
-                            Err(error.to_string())
-                        }
-                    }
-                }
-                Op::Subscribe(channels) => {
-                    subscription(&mut manager, subscribe, channels, sharded).await
-                }
-                Op::Unsubscribe(channels) => {
-                    subscription(&mut manager, unsubscribe, channels, sharded).await
-                }
-                Op::Flush(done) => {
-                    let _ = done.send(());
-                    continue;
-                }
-            };
-            let failed = result.is_err();
-            let _ = events.send(Event::Sent(result));
-            if failed {
-                // Redis is away: what waits is stale by the time it is
-                // back (the node re-announces itself then). Drop it now
-                // rather than time out on each.
-                drop_all(&mut batch, &mut ops, &status, &queued_bytes);
-            }
-        }
-    }
-}
-
-async fn subscription(
-    manager: &mut ConnectionManager,
-    command: &str,
-    channels: Vec<String>,
-    sharded: bool,
-) -> Result<Duration, String> {
-    if channels.is_empty() {
-        return Ok(Duration::ZERO);
-    }
-    let started = Instant::now();
-    let result = match (command, sharded) {
-        ("SUBSCRIBE", _) => manager.subscribe(&channels).await,
-        ("UNSUBSCRIBE", _) => manager.unsubscribe(&channels).await,
-        _ => Err(redis::RedisError::from((
-            redis::ErrorKind::Client,
-            "sharded pub/sub needs a Redis Cluster connection",
-        ))),
-    };
-    result
-        .map(|()| started.elapsed())
-        .map_err(|e| e.to_string())
-}
-
-fn drop_all(
-    batch: &mut VecDeque<Op>,
-    ops: &mut mpsc::UnboundedReceiver<Op>,
-    status: &ClusterStatus,
-    queued_bytes: &std::sync::atomic::AtomicUsize,
-) {
-    while let Ok(op) = ops.try_recv() {
-        batch.push_back(op);
-    }
-    for op in batch.drain(..) {
-        if let Op::Publish { queued, .. } = op {
-            queued_bytes.fetch_sub(queued, Ordering::AcqRel);
-            ClusterStatus::add(&status.dropped, 1);
-        }
     }
 }
 

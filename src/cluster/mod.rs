@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | [`envelope`] | the binary form of every bus message, and its all-or-nothing decoder |
 //! | [`bus`] | the bus thread: Redis connection, publishing, receiving, the state machine of Redis up and down |
+//! | [`redis_link`] | the connection to one Redis or a Redis Cluster, the publisher task, the handler of pushes |
 //! | [`membership`] | which other nodes are up (heartbeats, timeouts) |
 //! | [`ledger`] | every node's presences, to leave them when a node dies and to re-announce them |
 //! | [`interest`] | which topics' channels this node listens to |
@@ -29,6 +30,7 @@ pub mod envelope;
 pub mod interest;
 pub mod ledger;
 pub mod membership;
+pub mod redis_link;
 pub mod status;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

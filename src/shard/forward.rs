@@ -99,7 +99,7 @@ impl Shard {
             },
         );
         cluster.forward(owner, ForwardedRequest { id, shard, request });
-        ShardMetrics::add(&self.metrics().longpoll_handovers, 1);
+        ShardMetrics::add(&self.metrics().longpoll_forwarded, 1);
         Handled::Held
     }
 

@@ -162,6 +162,17 @@ impl Node {
     /// `cinder serve` on a free port, one of the cluster on `redis`, named
     /// `name`, with `shards` shards and the test routes plus `extra` TOML.
     pub fn start(redis: &str, name: &str, shards: usize, extra: &str) -> Node {
+        Node::start_with(redis, name, shards, "", extra)
+    }
+
+    /// [`Node::start`] with more `[cluster]` keys.
+    pub fn start_with(
+        redis: &str,
+        name: &str,
+        shards: usize,
+        cluster_keys: &str,
+        extra: &str,
+    ) -> Node {
         let dir = std::env::temp_dir().join(format!(
             "cinder-cluster-test-{}-{name}-{}",
             std::process::id(),
@@ -172,7 +183,8 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "[cluster]\nheartbeat_ms = 200\nnode_timeout_ms = 1500\n{extra}\n{}",
+                "[cluster]\nheartbeat_ms = 200\nnode_timeout_ms = 1500\n{cluster_keys}\n\
+                 [socket.longpoll]\nsecret = \"one secret for the cluster\"\nwindow_ms = 2000\n{extra}\n{}",
                 super::TEST_ROUTES
             ),
         )
@@ -206,9 +218,10 @@ impl Node {
                 }
             }
         });
-        let addr = addr_out
-            .recv_timeout(CONVERGE)
-            .expect("the node logs its address");
+        let Ok(addr) = addr_out.recv_timeout(CONVERGE) else {
+            let log: Vec<String> = lines.try_iter().collect();
+            panic!("the node did not start:\n{}", log.join("\n"));
+        };
         Node {
             child,
             addr,
@@ -302,5 +315,110 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(Instant::now() < deadline, "not within {CONVERGE:?}: {what}");
         std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas), made by the test on
+/// free ports, its slots spread by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    /// The masters' ports.
+    pub ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts three `redis-server --cluster-enabled yes` and joins them.
+    pub fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "cinder-redis-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Each node also listens on port + 10000 (the cluster bus).
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 3 {
+            let port = free_port();
+            if port < 55_000
+                && !ports.contains(&port)
+                && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+            {
+                ports.push(port);
+            }
+        }
+        let mut nodes = Vec::new();
+        for port in &ports {
+            let port = port.to_string();
+            let config = dir.join(format!("nodes-{port}.conf"));
+            nodes.push(
+                Command::new(redis_server_binary())
+                    .args([
+                        "--port",
+                        &port,
+                        "--bind",
+                        "127.0.0.1",
+                        "--protected-mode",
+                        "no",
+                    ])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                    .arg("--cluster-config-file")
+                    .arg(&config)
+                    .arg("--dir")
+                    .arg(&dir)
+                    .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn redis-server"),
+            );
+        }
+        let cluster = RedisCluster { nodes, ports, dir };
+        for port in &cluster.ports {
+            let redis = Redis {
+                child: None,
+                port: *port,
+            };
+            wait_until("a cluster node answers", || redis.answers());
+        }
+        let addresses: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli (package redis-tools, installed with redis-server)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        for port in &cluster.ports {
+            let redis = Redis {
+                child: None,
+                port: *port,
+            };
+            wait_until("the Redis Cluster is ok", || {
+                redis.command("CLUSTER INFO").contains("cluster_state:ok")
+            });
+        }
+        cluster
+    }
+
+    /// The URL of one master (the client learns the rest).
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[0])
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -159,4 +159,16 @@ test("a LongPoll client works through a round-robin balancer over both nodes", T
   for (let n = 0; n < 5; n++) lpChannel.push("back", { n });
   await waitUntil(() => back.length === 5, 10_000, () => `5 messages from long-poll, got ${back}`);
   assert.deepEqual(back, [0, 1, 2, 3, 4]);
+  // The requests did cross: each node forwarded the other's session's requests.
+  const forwarded = (await metric(ctx.a, "cinder_longpoll_forwarded_total")) + (await metric(ctx.b, "cinder_longpoll_forwarded_total"));
+  assert.ok(forwarded > 0, "requests were forwarded between the nodes");
 });
+
+/** A counter summed over shards, from /metrics. */
+async function metric(node, name) {
+  const text = await (await fetch(`${node.httpUrl}/metrics`)).text();
+  return text
+    .split("\n")
+    .filter((line) => line.startsWith(`${name}{`))
+    .reduce((sum, line) => sum + Number(line.split(" ").pop()), 0);
+}

@@ -1,0 +1,386 @@
+//! The Redis side of the bus: the connection, the publisher task that
+//! sends what the main task queues, and the handler of what Redis pushes.
+//!
+//! Two kinds of connection, one behaviour:
+//!
+//! - **one Redis** (`sharded = false`): a `ConnectionManager` over RESP3,
+//!   so one connection publishes (`PUBLISH`), subscribes (`SUBSCRIBE`) and
+//!   receives, and reconnects by itself;
+//! - **a Redis Cluster** (`sharded = true`): a cluster connection using
+//!   sharded pub/sub (`SPUBLISH`, `SSUBSCRIBE`), so each topic's messages
+//!   travel only through the Redis shard owning its channel's slot.
+//!
+//! Consecutive publishes go out as pipelines, in the order queued (on a
+//! Redis Cluster one pipeline per channel, whose messages share a slot),
+//! so one origin's broadcasts to one topic stay in order.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{ConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
+use tokio::sync::mpsc;
+
+use super::envelope::{self, Envelope};
+use super::ClusterStatus;
+use crate::fanout::broadcast::NodeId;
+use crate::shard::inbox::{ShardInbox, ShardMessage};
+
+/// Messages one pipeline carries at most.
+pub const PIPELINE_MAX: usize = 512;
+/// Deadline of connecting to Redis and of each command.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the main task hears from the publisher and from Redis.
+pub enum Event {
+    /// A non-broadcast envelope from another node.
+    Received(Vec<u8>),
+    /// The connection to Redis ended.
+    Disconnected,
+    /// A pipeline went through (with its round trip) or failed.
+    Sent(Result<Duration, String>),
+    /// A broadcast came from this node: a sign of life.
+    Heard(NodeId),
+}
+
+/// One thing for the publisher to do, in order.
+pub enum Op {
+    /// Publish `bytes` on `channel`; `queued` bytes are released after.
+    Publish {
+        /// The channel.
+        channel: String,
+        /// The envelope.
+        bytes: Vec<u8>,
+        /// Bytes counted against `cluster.queue_bytes`.
+        queued: usize,
+    },
+    /// Listen to these channels.
+    Subscribe(Vec<String>),
+    /// Stop listening to these channels.
+    Unsubscribe(Vec<String>),
+    /// Signal when everything before this went out.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The connection to Redis.
+pub enum Link {
+    /// One Redis (or a replica set behind one address).
+    Single(ConnectionManager),
+    /// A Redis Cluster, connected on first use and after failures.
+    Cluster {
+        /// Makes connections.
+        client: Box<ClusterClient>,
+        /// The live connection, if any.
+        connection: Option<ClusterConnection>,
+    },
+}
+
+impl Link {
+    /// The link for `info`, delivering pushes to `push`. Must run inside
+    /// the bus's runtime; connects lazily.
+    pub fn new(info: ConnectionInfo, sharded: bool, push: PushHandler) -> RedisResult<Link> {
+        let redis = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(redis);
+        let sender = move |push_info: PushInfo| push.on_push(push_info);
+        if sharded {
+            let client = ClusterClientBuilder::new(vec![info])
+                .use_protocol(ProtocolVersion::RESP3)
+                .connection_timeout(REDIS_TIMEOUT)
+                .response_timeout(REDIS_TIMEOUT)
+                .retries(1)
+                .push_sender(sender)
+                .build()?;
+            return Ok(Link::Cluster {
+                client: Box::new(client),
+                connection: None,
+            });
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2))
+            .set_push_sender(sender);
+        let client = redis::Client::open(info)?;
+        Ok(Link::Single(ConnectionManager::new_lazy_with_config(
+            client, config,
+        )?))
+    }
+
+    /// The cluster connection, connecting if there is none.
+    async fn cluster(
+        client: &ClusterClient,
+        connection: &mut Option<ClusterConnection>,
+    ) -> RedisResult<ClusterConnection> {
+        if let Some(connection) = connection {
+            return Ok(connection.clone());
+        }
+        let fresh = client.get_async_connection().await?;
+        *connection = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Publishes `messages` in order.
+    async fn publish(&mut self, messages: Vec<(String, Vec<u8>)>) -> RedisResult<()> {
+        match self {
+            Link::Single(manager) => {
+                let mut pipe = redis::pipe();
+                for (channel, bytes) in messages {
+                    pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+                }
+                pipe.exec_async(manager).await
+            }
+            Link::Cluster { client, connection } => {
+                let result = Self::spublish(client, connection, messages).await;
+                if result.is_err() {
+                    *connection = None;
+                }
+                result
+            }
+        }
+    }
+
+    /// `SPUBLISH`es on a Redis Cluster: one pipeline per channel (its
+    /// messages share a slot, and keep their order), all at once.
+    async fn spublish(
+        client: &ClusterClient,
+        connection: &mut Option<ClusterConnection>,
+        messages: Vec<(String, Vec<u8>)>,
+    ) -> RedisResult<()> {
+        let connection = Self::cluster(client, connection).await?;
+        let mut by_channel: Vec<(String, redis::Pipeline)> = Vec::new();
+        for (channel, bytes) in messages {
+            let at = match by_channel.iter().position(|(c, _)| *c == channel) {
+                Some(at) => at,
+                None => {
+                    by_channel.push((channel.clone(), redis::pipe()));
+                    by_channel.len() - 1
+                }
+            };
+            by_channel[at]
+                .1
+                .cmd("SPUBLISH")
+                .arg(channel)
+                .arg(bytes)
+                .ignore();
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (_, pipe) in by_channel {
+            let mut connection = connection.clone();
+            tasks.spawn(async move { pipe.exec_async(&mut connection).await });
+        }
+        let mut result = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            let outcome = joined.unwrap_or_else(|e| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "publish task failed",
+                    e.to_string(),
+                )))
+            });
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+        result
+    }
+
+    /// Subscribes (`listen`) or unsubscribes from `channels`.
+    async fn subscription(&mut self, channels: &[String], listen: bool) -> RedisResult<()> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Link::Single(manager) if listen => manager.subscribe(channels).await,
+            Link::Single(manager) => manager.unsubscribe(channels).await,
+            Link::Cluster { client, connection } => {
+                let mut live = Self::cluster(client, connection).await?;
+                // One command per channel: channels of one command must
+                // share a slot.
+                for channel in channels {
+                    let result = if listen {
+                        live.ssubscribe(channel).await
+                    } else {
+                        live.sunsubscribe(channel).await
+                    };
+                    if result.is_err() {
+                        *connection = None;
+                        return result;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Sends what the main task queues, in order: consecutive publishes as one
+/// pipeline, subscriptions as their own commands. Each outcome goes back
+/// to the main task; after a failure, what waits is dropped (and counted)
+/// rather than timed out one by one, since the node re-announces itself
+/// when Redis is back.
+pub async fn publisher(
+    mut link: Link,
+    mut ops: mpsc::UnboundedReceiver<Op>,
+    events: mpsc::UnboundedSender<Event>,
+    status: Arc<ClusterStatus>,
+    queued_bytes: Arc<AtomicUsize>,
+) {
+    let mut batch = VecDeque::with_capacity(PIPELINE_MAX);
+    let mut received = Vec::with_capacity(PIPELINE_MAX);
+    while ops.recv_many(&mut received, PIPELINE_MAX).await > 0 {
+        batch.extend(received.drain(..));
+        while let Some(op) = batch.pop_front() {
+            let result = match op {
+                Op::Publish {
+                    channel,
+                    bytes,
+                    queued,
+                } => {
+                    let mut messages = vec![(channel, bytes)];
+                    let mut release = queued;
+                    while let Some(Op::Publish { .. }) = batch.front() {
+                        if let Some(Op::Publish {
+                            channel,
+                            bytes,
+                            queued,
+                        }) = batch.pop_front()
+                        {
+                            messages.push((channel, bytes));
+                            release += queued;
+                        }
+                    }
+                    let count = messages.len() as u64;
+                    let started = Instant::now();
+                    let result = link.publish(messages).await;
+                    queued_bytes.fetch_sub(release, Ordering::AcqRel);
+                    match result {
+                        Ok(()) => {
+                            let rtt = started.elapsed();
+                            status.record_rtt(rtt);
+                            ClusterStatus::add(&status.sent, count);
+                            Ok(rtt)
+                        }
+                        Err(error) => {
+                            ClusterStatus::add(&status.dropped, count);
+                            Err(error.to_string())
+                        }
+                    }
+                }
+                Op::Subscribe(channels) => timed(link.subscription(&channels, true)).await,
+                Op::Unsubscribe(channels) => timed(link.subscription(&channels, false)).await,
+                Op::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
+            let failed = result.is_err();
+            let _ = events.send(Event::Sent(result));
+            if failed {
+                drop_all(&mut batch, &mut ops, &status, &queued_bytes);
+            }
+        }
+    }
+}
+
+async fn timed(
+    command: impl std::future::Future<Output = RedisResult<()>>,
+) -> Result<Duration, String> {
+    let started = Instant::now();
+    command
+        .await
+        .map(|()| started.elapsed())
+        .map_err(|e| e.to_string())
+}
+
+/// Drops everything queued for the publisher, counting the messages.
+fn drop_all(
+    batch: &mut VecDeque<Op>,
+    ops: &mut mpsc::UnboundedReceiver<Op>,
+    status: &ClusterStatus,
+    queued_bytes: &AtomicUsize,
+) {
+    while let Ok(op) = ops.try_recv() {
+        batch.push_back(op);
+    }
+    for op in batch.drain(..) {
+        match op {
+            Op::Publish { queued, .. } => {
+                queued_bytes.fetch_sub(queued, Ordering::AcqRel);
+                ClusterStatus::add(&status.dropped, 1);
+            }
+            Op::Flush(done) => {
+                let _ = done.send(());
+            }
+            Op::Subscribe(_) | Op::Unsubscribe(_) => {}
+        }
+    }
+}
+
+/// Handles Redis pushes where they arrive (the connection's task): a
+/// broadcast goes straight to the shards; anything else to the main task.
+pub struct PushHandler {
+    /// This node.
+    pub node: NodeId,
+    /// Every shard's inbox.
+    pub shards: Arc<[ShardInbox]>,
+    /// Counters.
+    pub status: Arc<ClusterStatus>,
+    /// The main task's events.
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+impl PushHandler {
+    fn on_push(&self, info: PushInfo) -> Result<(), std::convert::Infallible> {
+        match info.kind {
+            PushKind::Message | PushKind::SMessage => {
+                if let Some(Value::BulkString(bytes)) = info.data.into_iter().nth(1) {
+                    self.on_message(bytes);
+                }
+            }
+            PushKind::Disconnection => {
+                let _ = self.events.send(Event::Disconnected);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_message(&self, bytes: Vec<u8>) {
+        match envelope::sender(&bytes) {
+            Some(node) if node == self.node => return, // our own echo
+            Some(_) => {}
+            None => {
+                ClusterStatus::add(&self.status.malformed, 1);
+                return;
+            }
+        }
+        ClusterStatus::add(&self.status.received, 1);
+        if !envelope::is_broadcast(&bytes) {
+            let _ = self.events.send(Event::Received(bytes));
+            return;
+        }
+        match envelope::decode(&bytes) {
+            Ok(received) => {
+                if let Envelope::Broadcast(broadcast) = received.envelope {
+                    for shard in self.shards.iter() {
+                        shard.send(ShardMessage::Broadcast(broadcast.clone()));
+                    }
+                }
+                // A broadcast is also a sign of life of its node.
+                let _ = self.events.send(Event::Heard(received.from));
+            }
+            Err(error) => {
+                ClusterStatus::add(&self.status.malformed, 1);
+                tracing::debug!(%error, "cluster: malformed broadcast dropped");
+            }
+        }
+    }
+}
