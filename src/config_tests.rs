@@ -68,3 +68,41 @@ fn errors_name_the_key() {
         Config::parse("[[channel]]\npattern = \"x\"\njoin = \"maybe\"\n", "test").unwrap_err();
     assert!(err.to_string().contains("maybe"), "{err}");
 }
+
+#[test]
+fn the_cluster_section_is_checked_and_needs_a_shared_long_poll_secret() {
+    let cluster = "[cluster]\nredis = \"redis://127.0.0.1:6390\"\n";
+    let err = Config::parse(cluster, "test").unwrap_err();
+    assert!(err.to_string().contains("socket.longpoll.secret"), "{err}");
+    let ok = format!("{cluster}[socket.longpoll]\nsecret = \"shared by all nodes\"\n");
+    let config = Config::parse(&ok, "test").unwrap();
+    assert!(config.cluster.enabled());
+    assert_eq!(config.cluster.namespace, "cinder");
+    let no_longpoll = format!("{cluster}[socket.longpoll]\nenabled = false\n");
+    assert!(Config::parse(&no_longpoll, "test").is_ok());
+    for (bad, key) in [
+        ("redis = \"http://x\"", "cluster.redis"),
+        (
+            "redis = \"redis://x\"\nheartbeat_ms = 10",
+            "cluster.heartbeat_ms",
+        ),
+        (
+            "redis = \"redis://x\"\nheartbeat_ms = 1000\nnode_timeout_ms = 1000",
+            "cluster.node_timeout_ms",
+        ),
+        (
+            "redis = \"redis://x\"\nnamespace = \"a b\"",
+            "cluster.namespace",
+        ),
+        ("redis = \"redis://x\"\nnodes = 3", "nodes"),
+    ] {
+        let text = format!("[cluster]\n{bad}\n[socket.longpoll]\nsecret = \"s\"\n");
+        let err = Config::parse(&text, "test").unwrap_err();
+        assert!(err.to_string().contains(key), "{bad}: {err}");
+    }
+    // Without `redis` the section changes nothing.
+    assert!(!Config::parse("[cluster]\nnamespace = \"x\"\n", "test")
+        .unwrap()
+        .cluster
+        .enabled());
+}

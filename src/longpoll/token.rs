@@ -135,6 +135,18 @@ mod tests {
     };
 
     #[test]
+    fn a_token_of_another_process_verifies_only_with_verify_any() {
+        let mine = TokenSigner::new(b"shared secret", 1);
+        let other_node = TokenSigner::new(b"shared secret", 2);
+        let token = other_node.sign(ADDRESS);
+        assert_eq!(mine.verify(&token), None, "not this process's session");
+        assert_eq!(mine.verify_any(&token), Some((2, ADDRESS)));
+        let stranger = TokenSigner::new(b"another secret", 2);
+        assert_eq!(stranger.verify_any(&token), None, "another secret");
+        assert_eq!(mine.instance(), 1);
+    }
+
+    #[test]
     fn a_token_round_trips_and_is_url_safe() {
         let signer = TokenSigner::new(b"secret", 42);
         let token = signer.sign(ADDRESS);
