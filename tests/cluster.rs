@@ -564,3 +564,25 @@ fn sharded_pub_sub_over_a_redis_cluster() {
     ann.wait_for(&[("ann", 1), ("bob", 1)]);
     bob.wait_for(&[("ann", 1), ("bob", 1)]);
 }
+
+/// A join's `ok` waits until the node listens to the topic's channel, so a
+/// broadcast published on another node right after the reply arrives.
+#[test]
+fn after_its_join_reply_a_client_gets_broadcasts_from_every_node() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis, "");
+    let mut on_b = b.connect();
+    for n in 0..30 {
+        let topic = format!("room:fresh-{n}");
+        on_b.join(&topic, &(n + 1).to_string());
+        let (status, _) = a.post(
+            "/api/broadcast",
+            &format!(r#"{{"topic":"{topic}","event":"first","payload":{{}}}}"#),
+        );
+        assert_eq!(status, 200);
+        assert_eq!(
+            on_b.recv_text(),
+            format!(r#"[null,null,"{topic}","first",{{}}]"#)
+        );
+    }
+}

@@ -33,7 +33,7 @@ use redis::{ConnectionInfo, IntoConnectionInfo};
 use tokio::sync::mpsc;
 
 use super::envelope::{self, Envelope};
-use super::interest::{Change, Interest};
+use super::interest::{Interest, Joined};
 use super::ledger::Ledger;
 use super::membership::Membership;
 use super::redis_link::{publisher, Event, Link, Op, PushHandler, PIPELINE_MAX};
@@ -302,16 +302,23 @@ impl Bus {
             Control::Interest {
                 topic,
                 shard,
-                interested,
+                interested: true,
             } => {
-                if let Some(Change::Subscribe(topic)) =
-                    self.interest.set(&topic, shard, interested, Instant::now())
-                {
-                    if self.state == RedisState::Up {
-                        self.send(Op::Subscribe(vec![self.channels.topic(&topic)]));
-                    }
+                let joined = self.interest.join(&topic, shard);
+                if joined == Joined::Subscribe && self.state == RedisState::Up {
+                    let channels = vec![self.channels.topic(&topic)];
+                    self.send(Op::Subscribe(channels, vec![topic]));
+                } else if joined == Joined::Ready || self.state != RedisState::Up {
+                    // Subscribed already — or Redis is not there, and the
+                    // shard's clients are served locally meanwhile.
+                    self.subscribed(shard, topic);
                 }
             }
+            Control::Interest {
+                topic,
+                shard,
+                interested: false,
+            } => self.interest.leave(&topic, shard, Instant::now()),
             Control::Presence(sync) => {
                 self.ledger.apply(self.node, &sync.diff);
                 self.publish_control(&Envelope::PresenceDiff(sync.diff.clone()));
@@ -348,6 +355,21 @@ impl Bus {
             Event::Sent(Ok(_)) => self.redis_up(),
             Event::Sent(Err(error)) => self.redis_down(&error),
             Event::Heard(node) => self.heard(node, None),
+            Event::Subscribed(topics) => {
+                for topic in topics {
+                    for shard in self.interest.subscribed(&topic) {
+                        self.subscribed(shard, topic.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells `shard` the node listens to `topic`: its joins of the topic
+    /// may be answered.
+    fn subscribed(&self, shard: usize, topic: String) {
+        if let Some(inbox) = self.shards.get(shard) {
+            inbox.send(ShardMessage::Subscribed(topic));
         }
     }
 
@@ -380,11 +402,8 @@ impl Bus {
         let gone: Vec<String> = self
             .interest
             .expire(now)
-            .into_iter()
-            .filter_map(|change| match change {
-                Change::Unsubscribe(topic) => Some(self.channels.topic(&topic)),
-                Change::Subscribe(_) => None,
-            })
+            .iter()
+            .map(|topic| self.channels.topic(topic))
             .collect();
         if !gone.is_empty() && self.state == RedisState::Up {
             self.send(Op::Unsubscribe(gone));
@@ -527,8 +546,9 @@ impl Bus {
         self.state = RedisState::Up;
         self.status.set_redis(true, unix_ms());
         let mut channels = vec![self.channels.control(), self.channels.node(self.node)];
-        channels.extend(self.interest.topics().map(|t| self.channels.topic(t)));
-        self.send(Op::Subscribe(channels));
+        let topics: Vec<String> = self.interest.topics().map(str::to_string).collect();
+        channels.extend(topics.iter().map(|t| self.channels.topic(t)));
+        self.send(Op::Subscribe(channels, topics));
         self.announce();
         self.publish_control(&Envelope::SyncRequest { target: None });
     }
@@ -547,6 +567,9 @@ impl Bus {
         }
         self.state = RedisState::Down(Instant::now());
         self.status.set_redis(false, unix_ms());
+        for (topic, shard) in self.interest.lost() {
+            self.subscribed(shard, topic);
+        }
     }
 
     /// Tells the others this node is leaving, waiting (briefly) until

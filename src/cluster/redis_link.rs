@@ -45,6 +45,8 @@ pub enum Event {
     Sent(Result<Duration, String>),
     /// A broadcast came from this node: a sign of life.
     Heard(NodeId),
+    /// Redis confirmed the subscriptions to these topics' channels.
+    Subscribed(Vec<String>),
 }
 
 /// One thing for the publisher to do, in order.
@@ -58,8 +60,9 @@ pub enum Op {
         /// Bytes counted against `cluster.queue_bytes`.
         queued: usize,
     },
-    /// Listen to these channels.
-    Subscribe(Vec<String>),
+    /// Listen to these channels; the topics among them are confirmed to
+    /// the main task once Redis answered.
+    Subscribe(Vec<String>, Vec<String>),
     /// Stop listening to these channels.
     Unsubscribe(Vec<String>),
     /// Signal when everything before this went out.
@@ -274,7 +277,13 @@ pub async fn publisher(
                         }
                     }
                 }
-                Op::Subscribe(channels) => timed(link.subscription(&channels, true)).await,
+                Op::Subscribe(channels, topics) => {
+                    let result = timed(link.subscription(&channels, true)).await;
+                    if result.is_ok() && !topics.is_empty() {
+                        let _ = events.send(Event::Subscribed(topics));
+                    }
+                    result
+                }
                 Op::Unsubscribe(channels) => timed(link.subscription(&channels, false)).await,
                 Op::Flush(done) => {
                     let _ = done.send(());
@@ -319,7 +328,7 @@ fn drop_all(
             Op::Flush(done) => {
                 let _ = done.send(());
             }
-            Op::Subscribe(_) | Op::Unsubscribe(_) => {}
+            Op::Subscribe(..) | Op::Unsubscribe(_) => {}
         }
     }
 }

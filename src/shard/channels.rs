@@ -69,9 +69,25 @@ impl Shard {
         }
     }
 
-    /// Carries out a client's actions in order.
+    /// Carries out a client's actions in order. In a cluster, the rest of
+    /// a join whose topic the node does not listen to yet waits for it
+    /// (`subscriptions.rs`).
     pub(super) fn apply_all(&mut self, id: ClientId, actions: &mut Vec<Action>, now: Instant) {
-        for action in actions.drain(..) {
+        let mut pending = actions.drain(..);
+        while let Some(action) = pending.next() {
+            if let Action::Subscribe { topic } = &action {
+                if self.distributor.cluster().is_some() {
+                    let topic = topic.clone();
+                    let mut rest = vec![action];
+                    rest.extend(pending.by_ref());
+                    if let Some(mut rest) = self.hold_until_subscribed(&topic, id, rest, now) {
+                        let first = rest.remove(0);
+                        self.apply(id, first, now);
+                        self.apply_all(id, &mut rest, now);
+                    }
+                    return;
+                }
+            }
             self.apply(id, action, now);
         }
     }
@@ -86,13 +102,7 @@ impl Shard {
                 let Some(kind) = self.clients.get(id).map(|c| c.session.frame_kind()) else {
                     return;
                 };
-                let new_topic = self.topics.get(&topic).is_none();
                 let slot = self.topics.subscribe(&topic, kind, id);
-                if new_topic {
-                    if let Some(cluster) = self.distributor.cluster() {
-                        cluster.interest(&topic, self.id, true);
-                    }
-                }
                 if let Some(client) = self.clients.get_mut(id) {
                     client.session.channels.set_slot(&topic, slot);
                 }
@@ -223,9 +233,7 @@ impl Shard {
     fn unsubscribe(&mut self, id: ClientId, topic: &str, kind: FrameKind, slot: SubscriptionSlot) {
         self.topics.unsubscribe(topic, kind, slot);
         if self.topics.get(topic).is_none() {
-            if let Some(cluster) = self.distributor.cluster() {
-                cluster.interest(topic, self.id, false);
-            }
+            self.topic_vacated(topic);
         }
         ShardMetrics::sub(&self.metrics().channels, 1);
         self.presence.untrack(topic, id);

@@ -37,6 +37,9 @@ pub enum ShardMessage {
     HandOver(Box<HandOver>),
     /// Presence: another shard's changes of one turn, for one topic.
     Presence(Arc<PresenceSync>),
+    /// Cluster: the node now listens to this topic's channel (sent by the
+    /// bus): joins of the topic waiting for it are answered.
+    Subscribed(String),
     /// Long-poll: a request another node forwarded, for a session this
     /// shard owns (sent by the cluster bus).
     Forwarded(Box<Forwarded>),

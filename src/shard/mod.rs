@@ -29,6 +29,7 @@
 //! | [`connection`] (+ `connection_io`) | sockets, phases, outboxes, request parsers | — | flush | idle, request, closing and slow-consumer timeouts |
 //! | [`clients`] + `channels` | channel-layer clients, sinks, topics | `Broadcast`, `Disconnect` | — | — |
 //! | [`longpoll`] | session tokens, polls to answer | `HandOver` | answer polls | expire polls, POSTs, sessions |
+//! | `subscriptions` (cluster) | joins held until the node listens to their topic | `Subscribed` | — | release joins held too long |
 //! | [`forward`] | long-poll requests forwarded to and from other nodes | `Forwarded`, `ForwardAnswer` | — | `504` for unanswered forwards |
 //! | [`presence`] | tracked presences, the replica | `Presence` | diffs out, states to joiners | — |
 //! | [`hooks`] | the hook pool | `Hook` | — | — |
@@ -45,6 +46,7 @@ pub mod inbox;
 pub mod longpoll;
 pub mod outbox;
 pub mod presence;
+mod subscriptions;
 mod table;
 mod websocket;
 
@@ -167,6 +169,8 @@ pub struct Shard {
     presence: Presence,
     /// Component: backend hooks.
     hooks: Hooks,
+    /// Component (cluster): joins waiting for the node's subscription.
+    awaited: subscriptions::AwaitedTopics,
 }
 
 impl Shard {
@@ -227,6 +231,7 @@ impl Shard {
                     own_inbox.send(ShardMessage::Hook(answer));
                 }),
             ),
+            awaited: subscriptions::AwaitedTopics::default(),
         })
     }
 
@@ -305,6 +310,7 @@ impl Shard {
         self.connections_tick(now);
         self.longpoll_tick(now);
         self.forwarding_tick(now);
+        self.subscriptions_tick(now);
     }
 
     /// Routes the inbox's messages to the components they belong to.
@@ -318,6 +324,7 @@ impl Shard {
                 ShardMessage::Hook(answer) => self.on_hook_answer(answer, now),
                 ShardMessage::HandOver(hand_over) => self.adopt(*hand_over, now),
                 ShardMessage::Presence(sync) => self.on_presence_sync(&sync, now),
+                ShardMessage::Subscribed(topic) => self.on_subscribed(&topic, now),
                 ShardMessage::Forwarded(forwarded) => self.on_forwarded(*forwarded, now),
                 ShardMessage::ForwardAnswer { id, response } => {
                     self.on_forward_answer(id, response.as_deref(), now)
