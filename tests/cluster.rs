@@ -586,3 +586,35 @@ fn after_its_join_reply_a_client_gets_broadcasts_from_every_node() {
         );
     }
 }
+
+/// The backend answers every event hook with a broadcast of its own.
+fn rebroadcast(path: &str, _: &Value) -> (u16, String, Duration) {
+    match path {
+        "/hooks/event" => (
+            200,
+            r#"{"reply":{},"broadcast":{"event":"from_backend","payload":{"ok":true}}}"#.into(),
+            Duration::ZERO,
+        ),
+        _ => (200, r#"{"response":{}}"#.into(), Duration::ZERO),
+    }
+}
+
+#[test]
+fn a_backend_hook_broadcast_reaches_every_node() {
+    let redis = Redis::start();
+    let (url, _calls) = common::backend::backend(rebroadcast);
+    let hooked = format!(
+        "[webhook]\nurl = \"{url}\"\n\n[[channel]]\npattern = \"hook:*\"\njoin = \"webhook\"\nclient_events = \"webhook\"\n"
+    );
+    let (a, b) = two_nodes(&redis, &hooked);
+    let mut on_a = a.connect();
+    let mut on_b = b.connect();
+    on_a.join("hook:x", "1");
+    on_b.join("hook:x", "1");
+    on_a.send(r#"["1","2","hook:x","ask",{}]"#);
+    let expected = r#"[null,null,"hook:x","from_backend",{"ok":true}]"#;
+    assert_eq!(on_b.recv_text(), expected);
+    let mut sender_got = [on_a.recv_text(), on_a.recv_text()];
+    sender_got.sort();
+    assert_eq!(sender_got[1], expected);
+}

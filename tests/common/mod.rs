@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+pub mod backend;
 pub mod cluster;
 
 use cinder::{Config, ServerHandle};
