@@ -191,14 +191,9 @@ impl Shard {
         let ForwardedRequest { id, request, .. } = request;
         let peer = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
         let connection = Connection::new(Stream::forwarded(ANSWER_LIMIT), peer, now);
-        let key = match self.connections.insert(self.poll.registry(), connection) {
-            Ok(key) => key,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot take a forwarded request");
-                return;
-            }
+        let Some(key) = self.take_in(connection, "a forwarded request") else {
+            return;
         };
-        ShardMetrics::add(&self.metrics().connections, 1);
         self.longpoll.forwarding.answering.insert(key, (from, id));
         match self.handle_request(key, request, now) {
             Handled::Held | Handled::Parked => {}

@@ -40,6 +40,21 @@ impl Shard {
         })
     }
 
+    /// Adds a connection that did not come through this shard's listener
+    /// (`what` names it in the log if the poll refuses it).
+    pub(super) fn take_in(&mut self, connection: Connection, what: &str) -> Option<ConnectionKey> {
+        match self.connections.insert(self.poll.registry(), connection) {
+            Ok(key) => {
+                ShardMetrics::add(&self.metrics().connections, 1);
+                Some(key)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register {what}");
+                None
+            }
+        }
+    }
+
     /// Adopts a connection handed over by another shard and handles its request.
     pub(super) fn adopt(&mut self, hand_over: HandOver, now: Instant) {
         let HandOver {
@@ -47,14 +62,9 @@ impl Shard {
             request,
         } = hand_over;
         connection.last_active = now;
-        let key = match self.connections.insert(self.poll.registry(), connection) {
-            Ok(key) => key,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot register a handed-over connection");
-                return;
-            }
+        let Some(key) = self.take_in(connection, "a handed-over connection") else {
+            return;
         };
-        ShardMetrics::add(&self.metrics().connections, 1);
         self.connections.schedule_flush(key);
         match self.handle_request(key, request, now) {
             Handled::KeepAlive => self.process_input(key, &mut [], now),
