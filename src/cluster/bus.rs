@@ -252,7 +252,7 @@ struct Bus {
 impl Bus {
     /// Queues a broadcast published on this node for the other nodes.
     fn publish_broadcast(&mut self, broadcast: &Arc<Broadcast>) {
-        let queued = broadcast.payload().bytes().len() + broadcast.topic().len() + 64;
+        let queued = super::queued_size(broadcast);
         // While Redis is down the broadcast could only wait to go stale.
         // (Its bytes were counted by the handle; the publisher releases
         // them once sent.)

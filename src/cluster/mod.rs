@@ -180,7 +180,7 @@ impl ClusterHandle {
     /// nodes. Never blocks: when the queue is full (Redis slow or away) the
     /// broadcast is counted as dropped; local subscribers have it already.
     pub fn publish(&self, broadcast: &Arc<Broadcast>) {
-        let size = broadcast.payload().bytes().len() + broadcast.topic().len() + 64;
+        let size = queued_size(broadcast);
         if self.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > self.max_bytes {
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             ClusterStatus::add(&self.status.dropped, 1);
@@ -256,6 +256,12 @@ pub fn queues(config: &ClusterConfig) -> (ClusterHandle, BusQueues) {
             queued_bytes,
         },
     )
+}
+
+/// The bytes a broadcast counts against `cluster.queue_bytes` while it
+/// waits for Redis: its payload and topic, and the envelope's own.
+pub fn queued_size(broadcast: &Broadcast) -> usize {
+    broadcast.payload().bytes().len() + broadcast.topic().len() + 64
 }
 
 /// The default node name: the host name and a random suffix, so two nodes
