@@ -59,8 +59,20 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ConnArgs {
     /// WebSocket endpoint of the server (`vsn` is added from --serializer).
-    #[arg(long, default_value = "ws://127.0.0.1:4000/socket/websocket")]
-    pub url: String,
+    /// Repeat it, or give a comma list, to spread the connections over
+    /// several servers (cluster nodes): each topic's subscribers are dealt
+    /// out over the URLs round robin, or by --split.
+    #[arg(
+        long = "url",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:4000/socket/websocket"
+    )]
+    pub urls: Vec<String>,
+    /// With several --url: the share of the connections each one gets, in
+    /// the order of the URLs, e.g. `1,3` (a quarter on the first, three
+    /// quarters on the second). Default: equal shares.
+    #[arg(long, value_delimiter = ',')]
+    pub split: Vec<u32>,
     /// Number of client connections.
     #[arg(long, default_value_t = 1000)]
     pub conns: usize,
@@ -168,6 +180,15 @@ pub struct FanoutArgs {
     /// `Authorization: Bearer` key for the HTTP publish API.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// How long to wait after the last join before the first publish, e.g.
+    /// for cluster nodes to subscribe to the topics on their bus.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub publish_after: Duration,
+    /// Another process whose CPU time (user + sys, from /proc) is read over
+    /// each window, as `NAME=PID` (repeatable): another cluster node, the
+    /// bus's Redis. Reported per window next to the deliveries each --url made.
+    #[arg(long = "watch-pid", value_parser = parse_watch_pid)]
+    pub watch_pids: Vec<WatchPid>,
     /// After the max-rate windows, one window at each of these percentages
     /// of the measured maximum publish rate (e.g. `25,50,90`), for latency
     /// under partial load. Needs `--rate max`.
@@ -427,6 +448,15 @@ pub enum Rate {
     PerSecond(f64),
 }
 
+/// A process watched over each window (`--watch-pid NAME=PID`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchPid {
+    /// Label in the report.
+    pub name: String,
+    /// Process id.
+    pub pid: u32,
+}
+
 /// A set of source addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SrcIps(pub Vec<Ipv4Addr>);
@@ -487,6 +517,24 @@ pub fn parse_src_ips(text: &str) -> Result<SrcIps, String> {
         return Err("no source address given".into());
     }
     Ok(SrcIps(ips))
+}
+
+/// Parses `NAME=PID`.
+pub fn parse_watch_pid(text: &str) -> Result<WatchPid, String> {
+    let (name, pid) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not NAME=PID"))?;
+    let pid = pid
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{pid}` is not a process id"))?;
+    if name.is_empty() {
+        return Err(format!("`{text}`: the name is empty"));
+    }
+    Ok(WatchPid {
+        name: name.to_string(),
+        pid,
+    })
 }
 
 /// Parses `key=value`.

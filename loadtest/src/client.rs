@@ -112,6 +112,9 @@ pub struct ConnSpec {
     pub topic_name: Arc<str>,
     /// This connection's sender slot within its topic (chat).
     pub slot: u32,
+    /// Which server it connects to: an index into the worker's targets
+    /// (the `--url`s, in order).
+    pub node: usize,
 }
 
 /// Where a connection is in its life.
@@ -399,7 +402,7 @@ impl Client {
             Incoming::Broadcast => match payload::parse(message) {
                 Some(stamp) => {
                     if self.tracker.record(stamp.sender, stamp.seq) {
-                        ctx.on_delivery(stamp);
+                        ctx.on_delivery(stamp, self.spec.node);
                     }
                 }
                 None => ctx.other_messages += 1,

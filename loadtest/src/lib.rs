@@ -12,6 +12,7 @@
 //!   padding) and its parser.
 //! - [`tracker`]: per-connection delivery accounting: lost, duplicated and
 //!   unexpected messages.
+//! - [`spread`]: which server (`--url`) each connection uses, for clusters.
 //! - [`client`]: one client connection as a small state machine.
 //! - [`worker`]: one mio event loop thread owning many clients.
 //! - [`publisher`]: the HTTP and WebSocket-push publishers of `fanout`.
@@ -41,6 +42,7 @@ pub mod proc_stats;
 pub mod publisher;
 pub mod report;
 pub mod scenario;
+pub mod spread;
 pub mod system;
 pub mod tracker;
 pub mod wire;

@@ -112,6 +112,35 @@ pub struct WindowReport {
     pub client_cpu_per_delivery_us: f64,
     /// Failed publish requests.
     pub publish_errors: u64,
+    /// `fanout`: the deliveries made by each `--url`'s server, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_node: Vec<NodeDeliveries>,
+    /// `fanout`: CPU time of each `--watch-pid` process over the window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub watched: Vec<WatchedCpu>,
+}
+
+/// The deliveries one server (one `--url`) made in a window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeDeliveries {
+    /// The server's WebSocket URL.
+    pub url: String,
+    /// Distinct deliveries to the connections on it.
+    pub received: u64,
+    /// Those per second, over the same time as the window's total.
+    pub deliveries_per_sec: f64,
+}
+
+/// A watched process's CPU time over a window (`--watch-pid NAME=PID`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WatchedCpu {
+    /// Its label.
+    pub name: String,
+    /// Its process id.
+    pub pid: u32,
+    /// User + system CPU time over the window (with its drain), ms;
+    /// `None` when `/proc/PID` could not be read.
+    pub cpu_ms: Option<f64>,
 }
 
 /// Medians over the windows of the main measurement.
@@ -355,6 +384,7 @@ impl Report {
                     w.server_cpu_per_delivery_us
                         .map_or(NOT_AVAILABLE.into(), |v| format!("{v:.3}"))
                 );
+                print_nodes(w);
             }
         }
         if let Some(m) = &self.median {
@@ -395,6 +425,29 @@ impl Report {
                 m.pid
             );
         }
+    }
+}
+
+/// With several `--url` or any `--watch-pid`: a window's deliveries by
+/// server and the watched processes' CPU time, one line under its row.
+fn print_nodes(w: &WindowReport) {
+    let mut line = String::new();
+    if w.by_node.len() > 1 {
+        for n in &w.by_node {
+            line.push_str(&format!(
+                "  {} {} ({:.0}/s)",
+                n.url, n.received, n.deliveries_per_sec
+            ));
+        }
+    }
+    for p in &w.watched {
+        let cpu = p
+            .cpu_ms
+            .map_or(NOT_AVAILABLE.into(), |ms| format!("{ms:.0} ms"));
+        line.push_str(&format!("  {} cpu {cpu}", p.name));
+    }
+    if !line.is_empty() {
+        println!("  └{line}");
     }
 }
 

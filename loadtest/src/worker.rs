@@ -92,8 +92,8 @@ pub struct ChatPlan {
 pub struct WorkerPlan {
     /// The connections it owns.
     pub specs: Vec<ConnSpec>,
-    /// Where they connect.
-    pub target: Arc<Target>,
+    /// Where they connect, indexed by [`ConnSpec::node`].
+    pub targets: Vec<Arc<Target>>,
     /// Wire format.
     pub serializer: Serializer,
     /// New connections per second for this worker (0 = unpaced).
@@ -113,6 +113,8 @@ pub struct WorkerPlan {
 pub struct WindowStats {
     /// Distinct deliveries.
     pub received: u64,
+    /// Distinct deliveries by server (indexed by [`ConnSpec::node`]).
+    pub received_by_node: Vec<u64>,
     /// Send → receive latency in nanoseconds.
     pub latency: Histogram<u64>,
     /// When the last delivery of this window arrived.
@@ -128,6 +130,7 @@ impl Default for WindowStats {
     fn default() -> Self {
         WindowStats {
             received: 0,
+            received_by_node: Vec::new(),
             latency: new_histogram(),
             last_rx_ns: 0,
         }
@@ -246,8 +249,9 @@ impl LoopContext {
             .store(self.now_ns, Ordering::Relaxed);
     }
 
-    /// A measured message arrived for the first time.
-    pub fn on_delivery(&mut self, stamp: Stamp) {
+    /// A measured message arrived for the first time, on a connection to
+    /// server `node`.
+    pub fn on_delivery(&mut self, stamp: Stamp, node: usize) {
         let window = stamp.window as usize;
         if window >= MAX_WINDOWS {
             self.other_messages += 1;
@@ -258,6 +262,10 @@ impl LoopContext {
         }
         let stats = &mut self.windows[window];
         stats.received += 1;
+        if stats.received_by_node.len() <= node {
+            stats.received_by_node.resize(node + 1, 0);
+        }
+        stats.received_by_node[node] += 1;
         stats.last_rx_ns = self.now_ns;
         let _ = stats
             .latency
@@ -342,7 +350,7 @@ pub fn run(plan: WorkerPlan, shared: Arc<Shared>) -> std::io::Result<WorkerResul
             let src =
                 (!plan.src_ips.is_empty()).then(|| plan.src_ips[spec.index % plan.src_ips.len()]);
             opened += 1;
-            match Client::connect(spec.clone(), &plan.target, src) {
+            match Client::connect(spec.clone(), &plan.targets[spec.node], src) {
                 Ok(mut client) => {
                     let entry = clients.vacant_entry();
                     let token = Token(entry.key());
@@ -419,7 +427,7 @@ pub fn run(plan: WorkerPlan, shared: Arc<Shared>) -> std::io::Result<WorkerResul
             let was_pending = client.is_pending();
             let mut result = Ok(());
             if event.is_writable() {
-                result = client.on_writable(&plan.target);
+                result = client.on_writable(&plan.targets[client.spec.node]);
             }
             if result.is_ok() && (event.is_readable() || event.is_read_closed()) {
                 result = client.on_readable(&mut scratch, &mut ctx);

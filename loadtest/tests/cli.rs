@@ -170,3 +170,30 @@ fn a_soak_refuses_settings_that_cannot_work() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--rate"));
 }
+
+#[test]
+fn several_urls_are_all_used_and_a_split_must_match_them() {
+    let (a, b) = (
+        format!("ws://127.0.0.1:{}/socket/websocket", closed_port()),
+        format!("ws://127.0.0.1:{}/socket/websocket", closed_port()),
+    );
+    let both = format!("{a},{b}");
+    let out = cinder_load(&["connect", "--url", &both, "--conns", "4", "--quiet"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains(&format!("connect against {both}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("failed 4"), "{stdout}");
+
+    let out = cinder_load(&[
+        "connect", "--url", &a, "--url", &b, "--split", "1", "--conns", "4", "--quiet",
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--split gives 1 shares for 2 --url"),
+        "{stderr}"
+    );
+}

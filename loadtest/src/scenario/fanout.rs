@@ -2,12 +2,14 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::cli::{FanoutArgs, Rate};
+use crate::cli::{FanoutArgs, Rate, WatchPid};
 use crate::proc_stats;
 use crate::publisher::{
     self, HttpPublisher, MessageShape, Publisher, PushPublisher, WindowPlan, WindowPublished,
 };
-use crate::report::{Median, Report, ServerMemory, Totals, WindowReport};
+use crate::report::{
+    Median, NodeDeliveries, Report, ServerMemory, Totals, WatchedCpu, WindowReport,
+};
 use crate::scenario::{
     base_report, complete_report, merged_latency, server_sample, warn_about_server_pid,
     window_figures, Collected, Session,
@@ -22,6 +24,8 @@ struct WindowRun {
     published: WindowPublished,
     server_cpu_ns: Option<u64>,
     client_cpu_ns: u64,
+    /// CPU time of each `--watch-pid` process over the window.
+    watched_cpu_ns: Vec<Option<u64>>,
 }
 
 /// Runs the scenario and returns its report.
@@ -46,6 +50,10 @@ pub fn run(args: &FanoutArgs) -> Result<Report, String> {
             "no connection joined: {:?}",
             collected.connections.failures
         ));
+    }
+    if !args.publish_after.is_zero() {
+        session.phase("waiting to publish");
+        std::thread::sleep(args.publish_after);
     }
     session.phase("publisher");
     let shape = MessageShape {
@@ -73,6 +81,7 @@ pub fn run(args: &FanoutArgs) -> Result<Report, String> {
             in_flight: args.window.max(args.batch as u64),
         };
         let cpu_before = server_sample(pid).map(|s| s.cpu_ns);
+        let watched_before = watched_cpu(&args.watch_pids);
         let client_before = proc_stats::self_cpu_ns();
         let received_before = session.shared.received.load(Ordering::Relaxed);
         let published = publisher::run_window(
@@ -89,6 +98,11 @@ pub fn run(args: &FanoutArgs) -> Result<Report, String> {
         );
         let server_cpu_ns =
             cpu_before.and_then(|before| Some(server_sample(pid)?.cpu_ns.saturating_sub(before)));
+        let watched_cpu_ns = watched_before
+            .iter()
+            .zip(watched_cpu(&args.watch_pids))
+            .map(|(before, after)| Some(after?.saturating_sub((*before)?)))
+            .collect();
         runs.push(WindowRun {
             index: window,
             label,
@@ -99,6 +113,7 @@ pub fn run(args: &FanoutArgs) -> Result<Report, String> {
             published,
             server_cpu_ns,
             client_cpu_ns: proc_stats::self_cpu_ns() - client_before,
+            watched_cpu_ns,
         });
         window += 1;
     };
@@ -134,7 +149,10 @@ pub fn run(args: &FanoutArgs) -> Result<Report, String> {
         batch: args.batch,
         ..base_report("fanout", &args.conn)
     };
-    let windows: Vec<WindowReport> = runs.iter().map(|r| window_report(r, &collected)).collect();
+    let windows: Vec<WindowReport> = runs
+        .iter()
+        .map(|r| window_report(r, &collected, args))
+        .collect();
     report.median = Some(Median::of(&windows[..main_windows]));
     report.latency_at = windows[main_windows..].to_vec();
     report.windows = windows[..main_windows].to_vec();
@@ -158,9 +176,47 @@ fn publish_rate(p: &WindowPublished) -> f64 {
     }
 }
 
-fn window_report(run: &WindowRun, collected: &Collected) -> WindowReport {
+/// CPU time of each watched process now; `None` for one that cannot be read.
+fn watched_cpu(watch: &[WatchPid]) -> Vec<Option<u64>> {
+    watch
+        .iter()
+        .map(|w| proc_stats::sample(w.pid).ok().map(|s| s.cpu_ns))
+        .collect()
+}
+
+fn window_report(run: &WindowRun, collected: &Collected, args: &FanoutArgs) -> WindowReport {
     let stats = collected.windows.get(run.index as usize);
     let (received, deliveries_per_sec) = window_figures(stats, run.published.started_ns);
+    let by_node = args
+        .conn
+        .urls
+        .iter()
+        .enumerate()
+        .map(|(node, url)| {
+            let mine = stats
+                .and_then(|s| s.received_by_node.get(node).copied())
+                .unwrap_or(0);
+            NodeDeliveries {
+                url: url.clone(),
+                received: mine,
+                deliveries_per_sec: if received > 0 {
+                    deliveries_per_sec * mine as f64 / received as f64
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect();
+    let watched = args
+        .watch_pids
+        .iter()
+        .zip(&run.watched_cpu_ns)
+        .map(|(w, ns)| WatchedCpu {
+            name: w.name.clone(),
+            pid: w.pid,
+            cpu_ms: ns.map(|ns| ns as f64 / 1e6),
+        })
+        .collect();
     let per_delivery = |ns: u64| {
         if received > 0 {
             ns as f64 / 1000.0 / received as f64
@@ -187,6 +243,8 @@ fn window_report(run: &WindowRun, collected: &Collected) -> WindowReport {
         server_cpu_per_delivery_us: run.server_cpu_ns.map(per_delivery),
         client_cpu_per_delivery_us: per_delivery(run.client_cpu_ns),
         publish_errors: run.published.errors.len() as u64,
+        by_node,
+        watched,
     }
 }
 

@@ -31,8 +31,10 @@ pub struct Session {
     pub shared: Arc<Shared>,
     /// Topic names by number.
     pub topics: Vec<Arc<str>>,
-    /// Where the clients connect.
+    /// Where the clients connect: the first `--url` (the push publisher's).
     pub target: Arc<Target>,
+    /// Every `--url`, in order; [`ConnSpec::node`] indexes it.
+    pub targets: Vec<Arc<Target>>,
     conns: usize,
     setup_timeout: Duration,
     handles: Vec<std::thread::JoinHandle<std::io::Result<WorkerResult>>>,
@@ -70,12 +72,33 @@ impl Session {
                 args.conns
             ));
         }
-        let target = Arc::new(Target::from_url(
-            &args.url,
-            args.serializer,
-            &args.params,
-            args.auth_token.as_deref(),
-        )?);
+        if args.urls.is_empty() {
+            return Err("--url is needed".into());
+        }
+        if !args.split.is_empty() && args.split.len() != args.urls.len() {
+            return Err(format!(
+                "--split gives {} shares for {} --url",
+                args.split.len(),
+                args.urls.len()
+            ));
+        }
+        if !args.split.is_empty() && args.split.iter().all(|&w| w == 0) {
+            return Err("--split must give some --url a share above 0".into());
+        }
+        let targets = args
+            .urls
+            .iter()
+            .map(|url| {
+                Target::from_url(
+                    url,
+                    args.serializer,
+                    &args.params,
+                    args.auth_token.as_deref(),
+                )
+                .map(Arc::new)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let nodes = crate::spread::spread(args.conns, args.topics, targets.len(), &args.split);
         let topics: Vec<Arc<str>> = (0..args.topics)
             .map(|t| Arc::from(format!("{}:{t}", args.topic_prefix)))
             .collect();
@@ -87,7 +110,7 @@ impl Session {
         let mut plans: Vec<WorkerPlan> = (0..args.threads)
             .map(|_| WorkerPlan {
                 specs: Vec::new(),
-                target: target.clone(),
+                targets: targets.clone(),
                 serializer: args.serializer,
                 connect_rate: args.connect_rate / args.threads as f64,
                 max_pending: args.max_pending.max(1),
@@ -103,6 +126,7 @@ impl Session {
                 topic,
                 topic_name: topics[topic].clone(),
                 slot: (index / args.topics) as u32,
+                node: nodes[index],
             });
         }
         let shared = Arc::new(Shared::new(args.topics));
@@ -111,7 +135,8 @@ impl Session {
         Ok(Session {
             shared,
             topics,
-            target,
+            target: targets[0].clone(),
+            targets,
             conns: args.conns,
             setup_timeout: args.setup_timeout,
             handles,
@@ -180,6 +205,12 @@ impl Session {
             }
             for (merged, w) in windows.iter_mut().zip(&result.windows) {
                 merged.received += w.received;
+                if merged.received_by_node.len() < w.received_by_node.len() {
+                    merged.received_by_node.resize(w.received_by_node.len(), 0);
+                }
+                for (m, n) in merged.received_by_node.iter_mut().zip(&w.received_by_node) {
+                    *m += n;
+                }
                 merged.last_rx_ns = merged.last_rx_ns.max(w.last_rx_ns);
                 merged.latency.add(&w.latency).map_err(|e| e.to_string())?;
             }
@@ -372,7 +403,7 @@ pub type MemorySamples = [Option<proc_stats::ProcSample>; 3];
 pub fn base_report(scenario: &str, conn: &ConnArgs) -> Report {
     Report {
         scenario: scenario.into(),
-        url: conn.url.clone(),
+        url: conn.urls.join(","),
         serializer: conn.serializer.vsn().into(),
         conns: conn.conns,
         topics: conn.topics,

@@ -85,7 +85,7 @@ pub fn run(args: &SweepArgs) -> Result<SweepReport, String> {
         let result = match &args.scenario {
             SweepScenario::Fanout(fanout_args) => {
                 let mut run_args = fanout_args.clone();
-                run_args.conn.url = ws;
+                run_args.conn.urls = vec![ws];
                 run_args.publish = fanout_args
                     .publish
                     .as_ref()
@@ -96,7 +96,7 @@ pub fn run(args: &SweepArgs) -> Result<SweepReport, String> {
             }
             SweepScenario::Chat(chat_args) => {
                 let mut run_args = chat_args.clone();
-                run_args.conn.url = ws;
+                run_args.conn.urls = vec![ws];
                 run_args.output.server_pid = Some(pid);
                 run_args.output.json = None;
                 chat::run(&run_args)

@@ -321,6 +321,7 @@ impl Loop {
             topic,
             topic_name: self.plan.other_topics[topic].clone(),
             slot: 0,
+            node: 0,
         }
     }
 

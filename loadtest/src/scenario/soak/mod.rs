@@ -612,6 +612,7 @@ pub fn run(args: &SoakArgs) -> Result<SoakReport, String> {
                 topic: index % args.topics,
                 topic_name: healthy_topics[index % args.topics].clone(),
                 slot: 0,
+                node: 0,
             })
             .collect();
         let plan = LoopPlan {
