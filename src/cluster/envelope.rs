@@ -16,6 +16,7 @@ use std::sync::Arc;
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::{Broadcast, DecodeError, NodeId};
 use crate::presence::{Meta, MetaData, PresenceDiff};
+use crate::protocol::message::Payload;
 use crate::transport::http::Request;
 use crate::wire::{put_bytes, put_text, ReadError, Reader};
 
@@ -106,6 +107,9 @@ pub enum EnvelopeError {
     /// The broadcast inside is malformed.
     #[error("bad broadcast in envelope: {0}")]
     Broadcast(#[from] DecodeError),
+    /// A broadcast's JSON payload is not valid JSON.
+    #[error("a broadcast payload is not valid JSON")]
+    Payload,
     /// A presence meta is not a JSON object.
     #[error("a presence meta is not a JSON object")]
     Meta,
@@ -213,6 +217,13 @@ pub fn decode(bytes: &[u8]) -> Result<Received, EnvelopeError> {
             // The broadcast's own byte form runs to the end of the message.
             let broadcast = Broadcast::from_bytes(reader.rest())?;
             reader.take(reader.rest().len())?;
+            // Its payload is spliced into every subscriber's frame as it
+            // is: it must be one JSON object, not just start like one.
+            if let Payload::Json(text) = broadcast.payload() {
+                if serde_json::from_slice::<&serde_json::value::RawValue>(text).is_err() {
+                    return Err(EnvelopeError::Payload);
+                }
+            }
             Envelope::Broadcast(Arc::new(broadcast))
         }
         HEARTBEAT => Envelope::Heartbeat {
@@ -494,6 +505,25 @@ mod tests {
         };
         let bytes = Envelope::PresenceDiff(bad).encode(NodeId(1));
         assert_eq!(decode(&bytes).unwrap_err(), EnvelopeError::Meta);
+    }
+
+    #[test]
+    fn a_broadcast_whose_payload_only_looks_like_an_object_is_refused() {
+        // Found by fuzzing: `Content` checks the first non-blank byte only.
+        let content = Content::new(
+            "room:1".into(),
+            "msg".into(),
+            Payload::Json(b"\n\r{\t:1}".to_vec()),
+        )
+        .unwrap();
+        let origin = Origin {
+            node: NodeId(1),
+            shard: 0,
+            sender: None,
+        };
+        let broadcast = Broadcast::new(content, BroadcastId::new(0, 1), origin, 0);
+        let bytes = Envelope::Broadcast(Arc::new(broadcast)).encode(NodeId(1));
+        assert_eq!(decode(&bytes).unwrap_err(), EnvelopeError::Payload);
     }
 
     #[test]

@@ -5,8 +5,8 @@ use crate::cluster::envelope::{decode, is_broadcast, sender, Envelope};
 /// Decodes arbitrary bytes as a bus message. Invariants: no panic; the
 /// 10-byte peeks agree with the full decode; a message that decodes is
 /// whole (re-encoding it gives bytes that decode to the same encoding,
-/// so nothing was half-read or invented), and a broadcast in it carries
-/// a payload of the kind it says.
+/// so nothing was half-read or invented), and a broadcast's JSON payload
+/// is one valid JSON object (it is spliced into clients' frames as is).
 pub fn cluster_envelope(data: &[u8]) {
     let peeked = sender(data);
     let broadcast = is_broadcast(data);
