@@ -82,6 +82,7 @@ fn the_cluster_section_is_checked_and_needs_a_shared_long_poll_secret() {
     assert!(Config::parse(&no_longpoll, "test").is_ok());
     for (bad, key) in [
         ("redis = \"http://x\"", "cluster.redis"),
+        ("redis = \"rediss://x\"", "cluster.redis"),
         (
             "redis = \"redis://x\"\nheartbeat_ms = 10",
             "cluster.heartbeat_ms",

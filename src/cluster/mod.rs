@@ -48,7 +48,7 @@ pub use status::ClusterStatus;
 config_section! {
     /// `[cluster]`: run as one node of several, with Redis as the bus.
     pub struct ClusterConfig {
-        /// Redis URL (`redis://host:port/db`, `rediss://` for TLS). Set, it
+        /// Redis URL (`redis://host:port/db`, or `unix://` for a socket). Set, it
         /// enables the cluster; unset (and no `--cluster-redis`), Cinder is
         /// one node.
         pub redis: Option<String> = None,
@@ -82,14 +82,16 @@ impl ClusterConfig {
     /// Checks the values; the error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if let Some(url) = &self.redis {
+            // TLS to Redis (rediss://) is not built in: refuse it here
+            // rather than fail every connection later.
             if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
                 || url.starts_with("redis+unix://")
                 || url.starts_with("unix://"))
             {
                 return Err((
                     "cluster.redis",
-                    "must be a redis:// (or rediss://, unix://) URL".into(),
+                    "must be a redis:// (or unix://) URL; TLS to Redis (rediss://) is not supported"
+                        .into(),
                 ));
             }
         }
