@@ -432,7 +432,9 @@ impl Bus {
             self.heard(from, name.as_deref());
         }
         match received.envelope {
-            Envelope::Broadcast(broadcast) => self.to_every_shard(broadcast),
+            // Broadcasts are handed to the shards where they arrive
+            // (`redis_link::PushHandler`) and never come here.
+            Envelope::Broadcast(_) => {}
             Envelope::Heartbeat { .. } => {}
             Envelope::PresenceDiff(diff) => {
                 let change = self.ledger.apply(from, &diff);
@@ -498,12 +500,6 @@ impl Bus {
     fn announce(&mut self) {
         let snapshot = self.ledger.snapshot(self.node);
         self.publish_control(&Envelope::PresenceSnapshot(snapshot));
-    }
-
-    fn to_every_shard(&self, broadcast: Arc<Broadcast>) {
-        for shard in self.shards.iter() {
-            shard.send(ShardMessage::Broadcast(broadcast.clone()));
-        }
     }
 
     /// Hands other nodes' presence changes to every shard, each with its
