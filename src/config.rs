@@ -35,6 +35,7 @@ pub(crate) use self::section::config_section;
 pub use self::sections::{ApiConfig, ServerConfig, SocketConfig};
 use crate::cluster::ClusterConfig;
 use crate::connect::ConnectPolicy;
+use crate::history::HistoryConfig;
 use crate::hooks::HooksConfig;
 use crate::routes::Routes;
 use crate::transport::origin::OriginPolicy;
@@ -96,6 +97,8 @@ pub struct Config {
     pub webhook: HooksConfig,
     /// `[cluster]`: several nodes over Redis (off without `redis`).
     pub cluster: ClusterConfig,
+    /// `[history]`: limits of the routes' topic histories.
+    pub history: HistoryConfig,
 }
 
 impl Default for Config {
@@ -109,6 +112,7 @@ impl Default for Config {
             origin: OriginPolicy::Off,
             webhook: HooksConfig::default(),
             cluster: ClusterConfig::default(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -122,6 +126,7 @@ struct ConfigFile {
     api: ApiConfig,
     webhook: HooksConfig,
     cluster: ClusterConfig,
+    history: HistoryConfig,
     channel: Vec<RouteEntry>,
 }
 
@@ -165,6 +170,7 @@ impl Config {
             origin,
             webhook: file.webhook,
             cluster: file.cluster,
+            history: file.history,
         };
         config.validate()?;
         Ok(config)

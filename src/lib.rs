@@ -18,6 +18,7 @@
 //! | [`hooks`] | backend hooks: connect, join and client event decisions by HTTP, on a worker pool |
 //! | [`limits`] | token buckets: client events per connection, accepts per shard |
 //! | [`longpoll`] | the long-poll transport: session tokens, the HTTP exchange, buffered messages |
+//! | [`history`] | topic history: positions, each topic's retained broadcasts, recovery on rejoin |
 //! | [`cluster`] | several nodes over Redis: the bus thread, its envelope, membership and the presence ledger |
 //! | [`wire`] | the big-endian byte forms one Cinder process writes for another |
 //! | [`presence`] | presence tracking, per-turn diffs and each shard's replica of the state |
@@ -37,6 +38,7 @@ pub mod config;
 pub mod connect;
 pub mod fanout;
 pub mod fuzzing;
+pub mod history;
 pub mod hooks;
 pub mod limits;
 pub mod longpoll;

@@ -7,6 +7,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::history::RecoveryFailure;
+
 /// The counters of one shard.
 #[derive(Debug, Default)]
 #[repr(align(128))] // keep shards' counters on separate cache lines
@@ -52,6 +54,25 @@ pub struct ShardMetrics {
     pub bytes_written: AtomicU64,
     /// Vectored write calls made.
     pub write_calls: AtomicU64,
+    /// Joins on history topics that asked to recover (`since`).
+    pub recoveries: AtomicU64,
+    /// Of those, joins that got every missed broadcast.
+    pub recovered: AtomicU64,
+    /// Of those, joins told `recovered: false`, by [`RecoveryFailure`]
+    /// (in [`RecoveryFailure::ALL`] order).
+    pub recovery_failed: [AtomicU64; 4],
+    /// Broadcasts pushed to recovering clients.
+    pub replayed: AtomicU64,
+    /// Estimated memory of the histories this shard owns (gauge).
+    pub history_bytes: AtomicU64,
+    /// Topics with a history on this shard (gauge).
+    pub history_topics: AtomicU64,
+    /// Topic histories dropped to stay under `history.memory_limit`.
+    pub history_evicted: AtomicU64,
+    /// Cluster: missing offsets of a history topic filled from Redis.
+    pub history_gaps_filled: AtomicU64,
+    /// Cluster: gaps that could not be filled (subscribers got `phx_error`).
+    pub history_gaps_lost: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -75,7 +96,7 @@ type Field = fn(&ShardMetrics) -> &AtomicU64;
 /// counter it reads, help text. Kept as a table, one metric a row, so adding
 /// a counter is one line here.
 #[rustfmt::skip]
-const METRICS: [(&str, &str, Field, &str); 20] = [
+const METRICS: [(&str, &str, Field, &str); 28] = [
     ("cinder_connections",                      "gauge",   |m| &m.connections,          "Open connections."),
     ("cinder_connections_accepted_total",       "counter", |m| &m.accepted,             "Connections accepted."),
     ("cinder_connections_refused_total",        "counter", |m| &m.refused,              "Connections refused because a shard was full."),
@@ -96,6 +117,14 @@ const METRICS: [(&str, &str, Field, &str); 20] = [
     ("cinder_idle_closes_total",                "counter", |m| &m.idle_closes,          "Connections closed by the idle timeout."),
     ("cinder_bytes_written_total",              "counter", |m| &m.bytes_written,        "Bytes written to sockets."),
     ("cinder_write_calls_total",                "counter", |m| &m.write_calls,          "Vectored write calls."),
+    ("cinder_history_recoveries_total",         "counter", |m| &m.recoveries,           "Joins on history topics that asked to recover (since)."),
+    ("cinder_history_recovered_total",          "counter", |m| &m.recovered,            "Recoveries that got every missed broadcast."),
+    ("cinder_history_replayed_total",           "counter", |m| &m.replayed,             "Broadcasts pushed to recovering clients."),
+    ("cinder_history_bytes",                    "gauge",   |m| &m.history_bytes,        "Estimated memory of the topic histories a shard owns."),
+    ("cinder_history_topics",                   "gauge",   |m| &m.history_topics,       "Topics with a history."),
+    ("cinder_history_evicted_total",            "counter", |m| &m.history_evicted,      "Topic histories dropped to stay under history.memory_limit."),
+    ("cinder_history_gaps_filled_total",        "counter", |m| &m.history_gaps_filled,  "Cluster: missing broadcasts of a history topic read back from Redis."),
+    ("cinder_history_gaps_lost_total",          "counter", |m| &m.history_gaps_lost,    "Cluster: gaps that could not be filled (subscribers got phx_error)."),
 ];
 
 /// Renders all shards' counters in the Prometheus text format.
@@ -106,6 +135,21 @@ pub fn render_prometheus(shards: &[ShardMetrics]) -> String {
         for (shard, metrics) in shards.iter().enumerate() {
             let value = field(metrics).load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {value}");
+        }
+    }
+    let name = "cinder_history_recovery_failed_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Recoveries answered recovered: false, by reason.\n# TYPE {name} counter"
+    );
+    for (shard, metrics) in shards.iter().enumerate() {
+        for (reason, counter) in RecoveryFailure::ALL.iter().zip(&metrics.recovery_failed) {
+            let value = counter.load(Ordering::Relaxed);
+            let reason = reason.as_str();
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{shard}\",reason=\"{reason}\"}} {value}"
+            );
         }
     }
     out
@@ -122,5 +166,13 @@ mod tests {
         let text = render_prometheus(&shards);
         assert!(text.contains("cinder_deliveries_total{shard=\"1\"} 7"));
         assert!(text.contains("# TYPE cinder_connections gauge"));
+        ShardMetrics::add(&shards[0].recovery_failed[1], 2);
+        assert!(
+            text.contains("cinder_history_recovery_failed_total{shard=\"1\",reason=\"epoch\"} 0")
+        );
+        let text = render_prometheus(&shards);
+        assert!(
+            text.contains("cinder_history_recovery_failed_total{shard=\"0\",reason=\"trimmed\"} 2")
+        );
     }
 }

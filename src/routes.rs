@@ -9,6 +9,7 @@
 use serde::Deserialize;
 
 use crate::connect::Identity;
+use crate::history::Retention;
 
 /// The topic of heartbeats; never routable, as in Phoenix.
 pub const HEARTBEAT_TOPIC: &str = "phoenix";
@@ -157,6 +158,9 @@ pub struct Route {
     pub events: Option<Vec<String>>,
     /// Presence tracking, when the route has `presence = true`.
     pub presence: Option<PresenceRoute>,
+    /// Topic history, when the route has `history > 0`: its topics'
+    /// broadcasts get positions and are kept for recovery.
+    pub history: Option<Retention>,
 }
 
 /// How a presence-enabled route tracks its joined clients.
@@ -238,6 +242,7 @@ impl Routes {
             client_events: ClientEventPolicy::Broadcast,
             events: None,
             presence: None,
+            history: None,
         }])
     }
 
@@ -250,6 +255,16 @@ impl Routes {
             .iter()
             .enumerate()
             .find(|(_, r)| r.pattern.matches(topic))
+    }
+
+    /// The history retention of `topic`'s route, when it keeps history.
+    pub fn retention(&self, topic: &str) -> Option<Retention> {
+        self.find(topic).and_then(|(_, route)| route.history)
+    }
+
+    /// Whether any route keeps history.
+    pub fn any_history(&self) -> bool {
+        self.routes.iter().any(|r| r.history.is_some())
     }
 
     /// The route at `index` (as returned by [`Routes::find`]).
@@ -286,6 +301,7 @@ pub(crate) fn plain_route(
         client_events,
         events: None,
         presence: None,
+        history: None,
     }
 }
 

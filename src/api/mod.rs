@@ -5,6 +5,7 @@
 //! | POST | `/api/broadcast` | publish one message or a batch |
 //! | POST | `/api/disconnect` | close every connection of a user id or socket id |
 //! | GET | `/api/presence?topic=…` | a presence topic's current state |
+//! | GET | `/api/history?topic=…&since=…&limit=…` | a history topic's held broadcasts ([`history`]) |
 //! | GET | `/healthz` | liveness |
 //! | GET | `/metrics` | Prometheus counters per shard |
 //!
@@ -12,6 +13,7 @@
 //! and the API key rule all read that table. Handlers act on the shard
 //! through [`ApiHost`], so they are plain functions of a request.
 
+pub mod history;
 pub mod parse;
 
 use std::borrow::Cow;
@@ -27,6 +29,11 @@ use crate::transport::query::{last_value, parse_pairs};
 pub trait ApiHost {
     /// Publishes a broadcast to every subscriber on every shard.
     fn publish(&mut self, content: Content);
+    /// Why `content` cannot be published now, as the answer to give (a
+    /// history topic while its store is unreachable); `None` when it can.
+    fn publish_refusal(&self, content: &Content) -> Option<ApiResponse>;
+    /// Answers `GET /api/history` with this query string.
+    fn history(&mut self, query: &str) -> ApiResponse;
     /// Closes the target's connections and sessions on every shard.
     fn disconnect(&mut self, target: DisconnectTarget);
     /// A presence topic's state as `presence_state` JSON.
@@ -110,6 +117,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "GET",
+        path: history::PATH,
+        handler: history_page,
+    },
+    Endpoint {
+        method: "GET",
         path: "/healthz",
         handler: health,
     },
@@ -155,6 +167,10 @@ fn broadcast(host: &mut dyn ApiHost, request: &Request, settings: &ApiSettings) 
     match parse_broadcasts(&request.body, settings.max_batch) {
         Ok(batch) => {
             let count = batch.len();
+            // All or nothing: a refused message refuses the batch.
+            if let Some(refusal) = batch.iter().find_map(|c| host.publish_refusal(c)) {
+                return refusal;
+            }
             for content in batch {
                 // Phoenix's forced disconnect: `disconnect` sent to a socket
                 // id closes that socket's connections.
@@ -192,6 +208,11 @@ fn presence(host: &mut dyn ApiHost, request: &Request, _: &ApiSettings) -> ApiRe
     }
 }
 
+/// `GET /api/history?topic=…`.
+fn history_page(host: &mut dyn ApiHost, request: &Request, _: &ApiSettings) -> ApiResponse {
+    host.history(&request.query)
+}
+
 /// `GET /healthz`: 200 while the node serves — in a cluster too, whether
 /// Redis is up or not (the node keeps serving its own clients), with the
 /// bus's state in `cluster`.
@@ -225,6 +246,12 @@ mod tests {
     impl ApiHost for Host {
         fn publish(&mut self, content: Content) {
             self.published.push(content);
+        }
+        fn publish_refusal(&self, content: &Content) -> Option<ApiResponse> {
+            (content.topic() == "h:down").then(|| ApiResponse::error(503, "down"))
+        }
+        fn history(&mut self, query: &str) -> ApiResponse {
+            ApiResponse::json(format!(r#"{{"query":"{query}"}}"#))
         }
         fn disconnect(&mut self, target: DisconnectTarget) {
             self.disconnected.push(target);
@@ -276,6 +303,27 @@ mod tests {
             host.disconnected,
             vec![DisconnectTarget::SocketId("t".into())]
         );
+        let refused = handle(
+            &mut host,
+            &request(
+                "POST",
+                "/api/broadcast",
+                r#"{"messages":[{"topic":"a","event":"e","payload":{}},{"topic":"h:down","event":"e","payload":{}}]}"#,
+            ),
+            &OPEN,
+        );
+        assert_eq!(refused.status, 503);
+        assert_eq!(
+            host.published.len(),
+            1,
+            "nothing of a refused batch is published"
+        );
+        let page = handle(
+            &mut host,
+            &request("GET", "/api/history?topic=t", ""),
+            &OPEN,
+        );
+        assert_eq!(page.body, br#"{"query":"topic=t"}"#);
         let wrong = handle(&mut host, &request("GET", "/api/broadcast", ""), &OPEN);
         assert_eq!(
             (wrong.status, wrong.headers.clone()),

@@ -33,15 +33,18 @@ use redis::{ConnectionInfo, IntoConnectionInfo};
 use tokio::sync::mpsc;
 
 use super::envelope::{self, Envelope};
+use super::history::{self, HistoryKeys};
 use super::interest::{Interest, Joined};
 use super::ledger::Ledger;
 use super::membership::Membership;
 use super::redis_link::{publisher, Event, Link, Op, PushHandler, PIPELINE_MAX};
-use super::{BusQueues, ClusterConfig, ClusterStatus, Control};
+use super::{BusQueues, ClusterConfig, ClusterStatus, Control, Outbound};
 use crate::fanout::broadcast::{Broadcast, BroadcastId, Content, NodeId, Origin};
+use crate::history::Epoch;
 use crate::presence::{PresenceDiff, PresenceSync};
 use crate::protocol::message::Payload;
 use crate::shard::forward::Forwarded;
+use crate::shard::history_cluster::HistoryRead;
 use crate::shard::inbox::{ShardInbox, ShardMessage};
 
 /// How long a topic stays subscribed after its last local subscriber left.
@@ -167,6 +170,7 @@ async fn run(setup: BusSetup, info: ConnectionInfo, mut stop: mpsc::UnboundedRec
         interest: Interest::new(INTEREST_LINGER),
         heartbeats: 0,
         stamped: 0,
+        epochs: 0,
     };
     let mut heartbeat = tokio::time::interval(Duration::from_millis(config.heartbeat_ms));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -185,8 +189,8 @@ async fn run(setup: BusSetup, info: ConnectionInfo, mut stop: mpsc::UnboundedRec
                 if count == 0 {
                     return; // every shard is gone
                 }
-                for broadcast in batch.drain(..) {
-                    bus.publish_broadcast(&broadcast);
+                for outbound in batch.drain(..) {
+                    bus.publish_broadcast(outbound);
                 }
             }
             _ = heartbeat.tick() => bus.heartbeat(),
@@ -220,6 +224,11 @@ impl Channels {
         format!("{}:n:{:016x}", self.prefix, node.0)
     }
 
+    /// A history topic's keys in Redis.
+    fn history(&self, topic: &str) -> HistoryKeys {
+        HistoryKeys::new(&self.prefix, topic, self.sharded)
+    }
+
     /// A topic's broadcasts. In sharded mode the topic is the hash tag, so
     /// Redis Cluster spreads topics over its shards.
     fn topic(&self, topic: &str) -> String {
@@ -247,12 +256,16 @@ struct Bus {
     heartbeats: u64,
     /// Presence diffs this bus stamped for the shards.
     stamped: u64,
+    /// History epochs this bus proposed.
+    epochs: u64,
 }
 
 impl Bus {
-    /// Queues a broadcast published on this node for the other nodes.
-    fn publish_broadcast(&mut self, broadcast: &Arc<Broadcast>) {
-        let queued = super::queued_size(broadcast);
+    /// Queues a broadcast published on this node for the other nodes (a
+    /// history topic's through its publish script, for every node).
+    fn publish_broadcast(&mut self, outbound: Outbound) {
+        let Outbound { broadcast, history } = outbound;
+        let queued = super::queued_size(&broadcast);
         // While Redis is down the broadcast could only wait to go stale.
         // (Its bytes were counted by the handle; the publisher releases
         // them once sent.)
@@ -261,13 +274,37 @@ impl Bus {
             ClusterStatus::add(&self.status.dropped, 1);
             return;
         }
-        let bytes = Envelope::Broadcast(broadcast.clone()).encode(self.node);
         let channel = self.channels.topic(broadcast.topic());
+        if let Some(retention) = history {
+            let keys = self.channels.history(broadcast.topic());
+            let command = history::publish_command(
+                &keys,
+                &channel,
+                &broadcast,
+                retention,
+                &self.new_epoch(),
+                self.node,
+                self.channels.sharded,
+            );
+            return self.send(Op::PublishHistory {
+                channel,
+                command,
+                queued,
+            });
+        }
+        let bytes = Envelope::Broadcast(broadcast).encode(self.node);
         self.send(Op::Publish {
             channel,
             bytes,
             queued,
         });
+    }
+
+    /// An epoch for a history stream Redis does not have yet: unique to
+    /// this node and this moment.
+    fn new_epoch(&mut self) -> Epoch {
+        self.epochs += 1;
+        Epoch::generate('r', self.node.0 ^ self.epochs.rotate_left(40) ^ unix_ms())
     }
 
     /// Queues a control message, unless Redis is down: then it is dropped
@@ -340,6 +377,23 @@ impl Bus {
                 }
                 let channel = self.channels.node(to);
                 self.publish_to(channel, &Envelope::LongPollRequest(request));
+            }
+            Control::ReadHistory { topic, reply } => {
+                if matches!(self.state, RedisState::Down(_)) {
+                    let stream = Err("Redis is down".to_string());
+                    reply.send(ShardMessage::HistoryRead(Box::new(HistoryRead {
+                        topic,
+                        stream,
+                    })));
+                    return;
+                }
+                let keys = self.channels.history(&topic);
+                let command = history::read_command(&keys, &self.new_epoch());
+                self.send(Op::ReadHistory {
+                    topic,
+                    command,
+                    reply,
+                });
             }
             Control::Answer { to, id, response } => {
                 let channel = self.channels.node(to);
@@ -434,7 +488,7 @@ impl Bus {
         match received.envelope {
             // Broadcasts are handed to the shards where they arrive
             // (`redis_link::PushHandler`) and never come here.
-            Envelope::Broadcast(_) => {}
+            Envelope::Broadcast(_) | Envelope::HistoryBroadcast(_) => {}
             Envelope::Heartbeat { .. } => {}
             Envelope::PresenceDiff(diff) => {
                 let change = self.ledger.apply(from, &diff);

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::{Broadcast, DecodeError, NodeId};
+use crate::history::Position;
 use crate::presence::{Meta, MetaData, PresenceDiff};
 use crate::protocol::message::Payload;
 use crate::transport::http::Request;
@@ -28,6 +29,10 @@ pub const VERSION: u8 = 1;
 pub enum Envelope {
     /// A broadcast for a topic's subscribers on every node.
     Broadcast(Arc<Broadcast>),
+    /// A broadcast to a history topic, with its position in the topic's
+    /// stream. Redis's publish script writes it (the position is only
+    /// known there: see [`history_parts`]); the stream keeps it as it is.
+    HistoryBroadcast(Arc<Broadcast>),
     /// "I am alive": sent every `heartbeat_ms`, with the node's name and
     /// how many heartbeats it has sent (a restarted node starts again at
     /// 1 under a new node id).
@@ -113,6 +118,9 @@ pub enum EnvelopeError {
     /// A presence meta is not a JSON object.
     #[error("a presence meta is not a JSON object")]
     Meta,
+    /// A history broadcast's position does not parse.
+    #[error("a history broadcast's position is malformed")]
+    Position,
     /// A disconnect names an unknown target kind.
     #[error("unknown disconnect target {0}")]
     Target(u8),
@@ -127,6 +135,7 @@ const DISCONNECT: u8 = 6;
 const LEAVING: u8 = 7;
 const LONGPOLL_REQUEST: u8 = 8;
 const LONGPOLL_ANSWER: u8 = 9;
+const HISTORY_BROADCAST: u8 = 10;
 
 /// The smallest encoded meta: key, `phx_ref` and JSON, each an empty text.
 const MIN_META: usize = 6;
@@ -142,6 +151,11 @@ impl Envelope {
         out.extend_from_slice(&from.0.to_be_bytes());
         match self {
             Envelope::Broadcast(broadcast) => out.extend_from_slice(&broadcast.to_bytes()),
+            Envelope::HistoryBroadcast(broadcast) => {
+                let position = broadcast.position().map(ToString::to_string);
+                put_text(&mut out, position.as_deref().unwrap_or(""));
+                out.extend_from_slice(&broadcast.to_bytes());
+            }
             Envelope::Heartbeat { name, sequence } => {
                 put_text(&mut out, name);
                 out.extend_from_slice(&sequence.to_be_bytes());
@@ -178,6 +192,7 @@ impl Envelope {
     fn kind(&self) -> u8 {
         match self {
             Envelope::Broadcast(_) => BROADCAST,
+            Envelope::HistoryBroadcast(_) => HISTORY_BROADCAST,
             Envelope::Heartbeat { .. } => HEARTBEAT,
             Envelope::PresenceDiff(_) => PRESENCE_DIFF,
             Envelope::PresenceSnapshot(_) => PRESENCE_SNAPSHOT,
@@ -203,6 +218,23 @@ pub fn is_broadcast(bytes: &[u8]) -> bool {
     bytes.get(..2) == Some(&[VERSION, BROADCAST][..])
 }
 
+/// Whether a message is a history broadcast of this format version: it
+/// goes to the topic's owner shard, the publishing node's own echo too.
+pub fn is_history_broadcast(bytes: &[u8]) -> bool {
+    bytes.get(..2) == Some(&[VERSION, HISTORY_BROADCAST][..])
+}
+
+/// A history broadcast's envelope without its position: the bytes before
+/// the position's 16-bit length and the bytes after the position. Redis's
+/// publish script joins them around the position it assigns.
+pub fn history_parts(broadcast: &Broadcast, from: NodeId) -> (Vec<u8>, Vec<u8>) {
+    let mut head = Vec::with_capacity(10);
+    head.push(VERSION);
+    head.push(HISTORY_BROADCAST);
+    head.extend_from_slice(&from.0.to_be_bytes());
+    (head, broadcast.to_bytes())
+}
+
 /// Decodes a whole message.
 pub fn decode(bytes: &[u8]) -> Result<Received, EnvelopeError> {
     let mut reader = Reader::new(bytes);
@@ -213,18 +245,11 @@ pub fn decode(bytes: &[u8]) -> Result<Received, EnvelopeError> {
     let kind = reader.u8()?;
     let from = NodeId(reader.u64()?);
     let envelope = match kind {
-        BROADCAST => {
-            // The broadcast's own byte form runs to the end of the message.
-            let broadcast = Broadcast::from_bytes(reader.rest())?;
-            reader.take(reader.rest().len())?;
-            // Its payload is spliced into every subscriber's frame as it
-            // is: it must be one JSON object, not just start like one.
-            if let Payload::Json(text) = broadcast.payload() {
-                if serde_json::from_slice::<&serde_json::value::RawValue>(text).is_err() {
-                    return Err(EnvelopeError::Payload);
-                }
-            }
-            Envelope::Broadcast(Arc::new(broadcast))
+        BROADCAST => Envelope::Broadcast(Arc::new(read_broadcast(&mut reader)?)),
+        HISTORY_BROADCAST => {
+            let position = Position::parse(&reader.text()?).ok_or(EnvelopeError::Position)?;
+            let broadcast = read_broadcast(&mut reader)?.with_position(position);
+            Envelope::HistoryBroadcast(Arc::new(broadcast))
         }
         HEARTBEAT => Envelope::Heartbeat {
             name: reader.text()?,
@@ -266,6 +291,20 @@ pub fn decode(bytes: &[u8]) -> Result<Received, EnvelopeError> {
         return Err(EnvelopeError::Trailing(reader.rest().len()));
     }
     Ok(Received { from, envelope })
+}
+
+/// A broadcast's byte form, which runs to the end of the message.
+fn read_broadcast(reader: &mut Reader<'_>) -> Result<Broadcast, EnvelopeError> {
+    let broadcast = Broadcast::from_bytes(reader.rest())?;
+    reader.take(reader.rest().len())?;
+    // Its payload is spliced into every subscriber's frame as it is: it
+    // must be one JSON object, not just start like one.
+    if let Payload::Json(text) = broadcast.payload() {
+        if serde_json::from_slice::<&serde_json::value::RawValue>(text).is_err() {
+            return Err(EnvelopeError::Payload);
+        }
+    }
+    Ok(broadcast)
 }
 
 fn put_request(out: &mut Vec<u8>, forwarded: &ForwardedRequest) {
@@ -477,6 +516,38 @@ mod tests {
             round_trip(Envelope::LongPollAnswer { id: 7, response: b"HTTP/1.1 204".to_vec() }),
             Envelope::LongPollAnswer { id: 7, response } if response == b"HTTP/1.1 204"
         ));
+    }
+
+    #[test]
+    fn a_history_broadcast_is_its_parts_around_the_position() {
+        let content =
+            Content::new("h:1".into(), "e".into(), Payload::Json(b"{}".to_vec())).unwrap();
+        let origin = Origin {
+            node: NodeId(42),
+            shard: 0,
+            sender: None,
+        };
+        let broadcast = Broadcast::new(content, BroadcastId(3), origin, 9);
+        let (head, tail) = history_parts(&broadcast, NodeId(42));
+        let position = "rabc:17";
+        let mut bytes = head;
+        bytes.extend_from_slice(&(position.len() as u16).to_be_bytes());
+        bytes.extend_from_slice(position.as_bytes());
+        bytes.extend_from_slice(&tail);
+        assert!(is_history_broadcast(&bytes) && !is_broadcast(&bytes));
+        let Envelope::HistoryBroadcast(back) = decode(&bytes).unwrap().envelope else {
+            panic!("not a history broadcast");
+        };
+        assert_eq!(
+            back.position().map(ToString::to_string).as_deref(),
+            Some(position)
+        );
+        assert_eq!(back.topic(), "h:1");
+        let again = Envelope::HistoryBroadcast(back).encode(NodeId(42));
+        assert_eq!(again, bytes, "encode writes what the script writes");
+        let mut bad = bytes.clone();
+        bad[12] = b'R';
+        assert_eq!(decode(&bad).unwrap_err(), EnvelopeError::Position);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | [`envelope`] | the binary form of every bus message, and its all-or-nothing decoder |
 //! | [`bus`] | the bus thread: Redis connection, publishing, receiving, the state machine of Redis up and down |
+//! | [`history`] | history topics in Redis: keys, the publish and read scripts |
 //! | [`redis_link`] | the connection to one Redis or a Redis Cluster, the publisher task, the handler of pushes |
 //! | [`membership`] | which other nodes are up (heartbeats, timeouts) |
 //! | [`ledger`] | every node's presences, to leave them when a node dies and to re-announce them |
@@ -27,6 +28,7 @@
 
 pub mod bus;
 pub mod envelope;
+pub mod history;
 pub mod interest;
 pub mod ledger;
 pub mod membership;
@@ -41,7 +43,9 @@ use tokio::sync::mpsc;
 use crate::config::config_section;
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::{Broadcast, NodeId};
+use crate::history::Retention;
 use crate::presence::PresenceSync;
+use crate::shard::inbox::ShardInbox;
 use envelope::ForwardedRequest;
 pub use status::ClusterStatus;
 
@@ -156,6 +160,14 @@ pub enum Control {
         /// The request, with this node's id of it.
         request: Box<ForwardedRequest>,
     },
+    /// Read a history topic's stream for its owner shard, which gets a
+    /// [`crate::shard::history_cluster::HistoryRead`] in its inbox.
+    ReadHistory {
+        /// The topic.
+        topic: String,
+        /// The owner shard's inbox.
+        reply: ShardInbox,
+    },
     /// This node's answer to a request node `to` forwarded.
     Answer {
         /// The forwarding node.
@@ -167,10 +179,20 @@ pub enum Control {
     },
 }
 
+/// A broadcast on its way to the bus.
+#[derive(Debug)]
+pub struct Outbound {
+    /// The broadcast.
+    pub broadcast: Arc<Broadcast>,
+    /// For a history topic, its retention: Redis gives the broadcast its
+    /// offset and keeps it.
+    pub history: Option<Retention>,
+}
+
 /// The shards' and the API's way to the bus. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ClusterHandle {
-    broadcasts: mpsc::Sender<Arc<Broadcast>>,
+    broadcasts: mpsc::Sender<Outbound>,
     control: mpsc::UnboundedSender<Control>,
     queued_bytes: Arc<AtomicUsize>,
     max_bytes: usize,
@@ -182,13 +204,28 @@ impl ClusterHandle {
     /// nodes. Never blocks: when the queue is full (Redis slow or away) the
     /// broadcast is counted as dropped; local subscribers have it already.
     pub fn publish(&self, broadcast: &Arc<Broadcast>) {
+        self.queue(broadcast, None);
+    }
+
+    /// Hands a broadcast to a history topic to the bus: Redis gives it its
+    /// offset, keeps it, and sends it to every node listening, this one
+    /// too. Dropped (and counted) when the queue is full, like any other.
+    pub fn publish_history(&self, broadcast: &Arc<Broadcast>, retention: Retention) {
+        self.queue(broadcast, Some(retention));
+    }
+
+    fn queue(&self, broadcast: &Arc<Broadcast>, history: Option<Retention>) {
         let size = queued_size(broadcast);
         if self.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > self.max_bytes {
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             ClusterStatus::add(&self.status.dropped, 1);
             return;
         }
-        if self.broadcasts.try_send(broadcast.clone()).is_err() {
+        let outbound = Outbound {
+            broadcast: broadcast.clone(),
+            history,
+        };
+        if self.broadcasts.try_send(outbound).is_err() {
             self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             ClusterStatus::add(&self.status.dropped, 1);
         }
@@ -221,6 +258,20 @@ impl ClusterHandle {
         let _ = self.control.send(Control::Answer { to, id, response });
     }
 
+    /// Asks the bus to read `topic`'s history stream for the shard whose
+    /// inbox is `reply`.
+    pub fn read_history(&self, topic: &str, reply: ShardInbox) {
+        let _ = self.control.send(Control::ReadHistory {
+            topic: topic.to_string(),
+            reply,
+        });
+    }
+
+    /// Whether Redis answers (history topics cannot be published without it).
+    pub fn is_up(&self) -> bool {
+        self.status.redis_up()
+    }
+
     /// Hands a forced disconnect to the bus.
     pub fn disconnect(&self, target: &Arc<DisconnectTarget>) {
         let _ = self.control.send(Control::Disconnect(target.clone()));
@@ -234,7 +285,7 @@ impl ClusterHandle {
 
 /// The bus's ends of the handle's queues.
 pub struct BusQueues {
-    broadcasts: mpsc::Receiver<Arc<Broadcast>>,
+    broadcasts: mpsc::Receiver<Outbound>,
     control: mpsc::UnboundedReceiver<Control>,
     queued_bytes: Arc<AtomicUsize>,
 }

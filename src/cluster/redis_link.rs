@@ -25,9 +25,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
 use tokio::sync::mpsc;
 
-use super::envelope::{self, Envelope};
+use super::envelope::{self, Envelope, Received};
+use super::history;
 use super::ClusterStatus;
 use crate::fanout::broadcast::NodeId;
+use crate::history::owner_shard;
+use crate::shard::history_cluster::HistoryRead;
 use crate::shard::inbox::{ShardInbox, ShardMessage};
 
 /// Messages one pipeline carries at most.
@@ -60,6 +63,27 @@ pub enum Op {
         /// Bytes counted against `cluster.queue_bytes`.
         queued: usize,
     },
+    /// Run a history topic's publish script (`channel` is the topic's
+    /// channel: on a Redis Cluster the script's keys share its slot). Goes
+    /// in the same pipelines as publishes, in order.
+    PublishHistory {
+        /// The topic's channel.
+        channel: String,
+        /// The `EVAL`.
+        command: redis::Cmd,
+        /// Bytes counted against `cluster.queue_bytes`.
+        queued: usize,
+    },
+    /// Read a history topic's stream and send what was read to the owner
+    /// shard's inbox.
+    ReadHistory {
+        /// The topic.
+        topic: String,
+        /// The `EVAL` of the read script.
+        command: redis::Cmd,
+        /// The owner shard.
+        reply: ShardInbox,
+    },
     /// Listen to these channels; the topics among them are confirmed to
     /// the main task once Redis answered.
     Subscribe(Vec<String>, Vec<String>),
@@ -67,6 +91,14 @@ pub enum Op {
     Unsubscribe(Vec<String>),
     /// Signal when everything before this went out.
     Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// One command of a publish pipeline.
+pub enum Outgoing {
+    /// A message for a channel (`PUBLISH`, or `SPUBLISH` on a Redis Cluster).
+    Message(Vec<u8>),
+    /// A history topic's publish script.
+    Script(redis::Cmd),
 }
 
 /// The connection to Redis.
@@ -131,12 +163,16 @@ impl Link {
     }
 
     /// Publishes `messages` in order.
-    async fn publish(&mut self, messages: Vec<(String, Vec<u8>)>) -> RedisResult<()> {
+    async fn publish(&mut self, messages: Vec<(String, Outgoing)>) -> RedisResult<()> {
         match self {
             Link::Single(manager) => {
                 let mut pipe = redis::pipe();
-                for (channel, bytes) in messages {
-                    pipe.cmd("PUBLISH").arg(channel).arg(bytes).ignore();
+                for (channel, outgoing) in messages {
+                    match outgoing {
+                        Outgoing::Message(bytes) => pipe.cmd("PUBLISH").arg(channel).arg(bytes),
+                        Outgoing::Script(command) => pipe.add_command(command),
+                    }
+                    .ignore();
                 }
                 pipe.exec_async(manager).await
             }
@@ -155,11 +191,11 @@ impl Link {
     async fn spublish(
         client: &ClusterClient,
         connection: &mut Option<ClusterConnection>,
-        messages: Vec<(String, Vec<u8>)>,
+        messages: Vec<(String, Outgoing)>,
     ) -> RedisResult<()> {
         let connection = Self::cluster(client, connection).await?;
         let mut by_channel: Vec<(String, redis::Pipeline)> = Vec::new();
-        for (channel, bytes) in messages {
+        for (channel, outgoing) in messages {
             let at = match by_channel.iter().position(|(c, _)| *c == channel) {
                 Some(at) => at,
                 None => {
@@ -167,12 +203,12 @@ impl Link {
                     by_channel.len() - 1
                 }
             };
-            by_channel[at]
-                .1
-                .cmd("SPUBLISH")
-                .arg(channel)
-                .arg(bytes)
-                .ignore();
+            let pipe = &mut by_channel[at].1;
+            match outgoing {
+                Outgoing::Message(bytes) => pipe.cmd("SPUBLISH").arg(channel).arg(bytes),
+                Outgoing::Script(command) => pipe.add_command(command),
+            }
+            .ignore();
         }
         let mut tasks = tokio::task::JoinSet::new();
         for (_, pipe) in by_channel {
@@ -193,6 +229,22 @@ impl Link {
             }
         }
         result
+    }
+
+    /// Runs one command and returns its answer (routed by its key on a
+    /// Redis Cluster).
+    async fn query(&mut self, command: &redis::Cmd) -> RedisResult<Value> {
+        match self {
+            Link::Single(manager) => command.query_async(manager).await,
+            Link::Cluster { client, connection } => {
+                let mut live = Self::cluster(client, connection).await?;
+                let result = command.query_async(&mut live).await;
+                if result.is_err() {
+                    *connection = None;
+                }
+                result
+            }
+        }
     }
 
     /// Subscribes (`listen`) or unsubscribes from `channels`.
@@ -242,22 +294,35 @@ pub async fn publisher(
         batch.extend(received.drain(..));
         while let Some(op) = batch.pop_front() {
             let result = match op {
-                Op::Publish {
-                    channel,
-                    bytes,
-                    queued,
-                } => {
-                    let mut messages = vec![(channel, bytes)];
-                    let mut release = queued;
-                    while let Some(Op::Publish { .. }) = batch.front() {
-                        if let Some(Op::Publish {
-                            channel,
-                            bytes,
-                            queued,
-                        }) = batch.pop_front()
-                        {
-                            messages.push((channel, bytes));
-                            release += queued;
+                op @ (Op::Publish { .. } | Op::PublishHistory { .. }) => {
+                    let mut messages = Vec::new();
+                    let mut release = 0;
+                    let mut next = Some(op);
+                    while let Some(op) = next.take() {
+                        match op {
+                            Op::Publish {
+                                channel,
+                                bytes,
+                                queued,
+                            } => {
+                                messages.push((channel, Outgoing::Message(bytes)));
+                                release += queued;
+                            }
+                            Op::PublishHistory {
+                                channel,
+                                command,
+                                queued,
+                            } => {
+                                messages.push((channel, Outgoing::Script(command)));
+                                release += queued;
+                            }
+                            _ => unreachable!("only publishes are taken"),
+                        }
+                        if matches!(
+                            batch.front(),
+                            Some(Op::Publish { .. } | Op::PublishHistory { .. })
+                        ) {
+                            next = batch.pop_front();
                         }
                     }
                     let count = messages.len() as u64;
@@ -276,6 +341,23 @@ pub async fn publisher(
                             Err(error.to_string())
                         }
                     }
+                }
+                Op::ReadHistory {
+                    topic,
+                    command,
+                    reply,
+                } => {
+                    let started = Instant::now();
+                    let answer = link.query(&command).await;
+                    let (stream, result) = match answer {
+                        Ok(value) => (history::parse_read(&topic, value), Ok(started.elapsed())),
+                        Err(error) => (Err(error.to_string()), Err(error.to_string())),
+                    };
+                    reply.send(ShardMessage::HistoryRead(Box::new(HistoryRead {
+                        topic,
+                        stream,
+                    })));
+                    result
                 }
                 Op::Subscribe(channels, topics) => {
                     let result = timed(link.subscription(&channels, true)).await;
@@ -321,9 +403,16 @@ fn drop_all(
     }
     for op in batch.drain(..) {
         match op {
-            Op::Publish { queued, .. } => {
+            Op::Publish { queued, .. } | Op::PublishHistory { queued, .. } => {
                 queued_bytes.fetch_sub(queued, Ordering::AcqRel);
                 ClusterStatus::add(&status.dropped, 1);
+            }
+            Op::ReadHistory { topic, reply, .. } => {
+                let stream = Err("Redis is down".to_string());
+                reply.send(ShardMessage::HistoryRead(Box::new(HistoryRead {
+                    topic,
+                    stream,
+                })));
             }
             Op::Flush(done) => {
                 let _ = done.send(());
@@ -363,6 +452,9 @@ impl PushHandler {
     }
 
     fn on_message(&self, bytes: Vec<u8>) {
+        if envelope::is_history_broadcast(&bytes) {
+            return self.on_history_broadcast(&bytes);
+        }
         match envelope::sender(&bytes) {
             Some(node) if node == self.node => return, // our own echo
             Some(_) => {}
@@ -389,6 +481,30 @@ impl PushHandler {
             Err(error) => {
                 ClusterStatus::add(&self.status.malformed, 1);
                 tracing::debug!(%error, "cluster: malformed broadcast dropped");
+            }
+        }
+    }
+
+    /// A broadcast to a history topic goes to the topic's owner shard,
+    /// which checks its offset and delivers it on every shard — the
+    /// publishing node's own echo too: its shards deliver it only now,
+    /// with the position Redis gave it.
+    fn on_history_broadcast(&self, bytes: &[u8]) {
+        match envelope::decode(bytes) {
+            Ok(Received {
+                from,
+                envelope: Envelope::HistoryBroadcast(broadcast),
+            }) => {
+                ClusterStatus::add(&self.status.received, 1);
+                let owner = owner_shard(broadcast.topic(), self.shards.len());
+                self.shards[owner].send(ShardMessage::Sequenced(broadcast));
+                if from != self.node {
+                    let _ = self.events.send(Event::Heard(from));
+                }
+            }
+            Ok(_) | Err(_) => {
+                ClusterStatus::add(&self.status.malformed, 1);
+                tracing::debug!("cluster: malformed history broadcast dropped");
             }
         }
     }

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::ConfigError;
+use crate::history::Retention;
 use crate::routes::{ClientEventPolicy, JoinPolicy, Pattern, PresenceRoute, Route, Routes};
 
 /// One `[[channel]]` table as written.
@@ -21,7 +22,18 @@ pub(super) struct RouteEntry {
     presence_key: Option<String>,
     #[serde(default)]
     presence_event: Option<String>,
+    /// Broadcasts kept per topic for recovery (0: no history).
+    #[serde(default)]
+    history: usize,
+    /// Age after which a kept broadcast is dropped.
+    #[serde(default)]
+    history_ttl_ms: Option<u64>,
 }
+
+/// `history_ttl_ms` when a history route does not set it: five minutes.
+const DEFAULT_HISTORY_TTL_MS: u64 = 300_000;
+/// Most broadcasts one topic may keep.
+const HISTORY_MAX: usize = 100_000;
 
 /// The route table of the `[[channel]]` entries, in order; with none, the
 /// open default (every topic public, client events broadcast).
@@ -63,12 +75,36 @@ impl RouteEntry {
                 .presence_event
                 .unwrap_or_else(|| "presence_update".to_string()),
         });
+        if self.history == 0 && self.history_ttl_ms.is_some() {
+            return Err(ConfigError::invalid(
+                format!("channel[{i}].history_ttl_ms"),
+                "needs history > 0",
+            ));
+        }
+        if self.history > HISTORY_MAX {
+            return Err(ConfigError::invalid(
+                format!("channel[{i}].history"),
+                format!("must be at most {HISTORY_MAX}"),
+            ));
+        }
+        let ttl_ms = self.history_ttl_ms.unwrap_or(DEFAULT_HISTORY_TTL_MS);
+        if ttl_ms == 0 || ttl_ms > 30 * 24 * 3_600_000 {
+            return Err(ConfigError::invalid(
+                format!("channel[{i}].history_ttl_ms"),
+                "must be between 1 and 30 days in milliseconds",
+            ));
+        }
+        let history = (self.history > 0).then_some(Retention {
+            count: self.history,
+            ttl_ms,
+        });
         Ok(Route {
             pattern,
             join: self.join,
             client_events: self.client_events,
             events: self.events,
             presence,
+            history,
         })
     }
 }

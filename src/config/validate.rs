@@ -51,6 +51,9 @@ impl Config {
         self.cluster
             .validate()
             .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+        self.history
+            .validate()
+            .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
         if self.cluster.enabled() && socket.longpoll.enabled && socket.longpoll.secret.is_none() {
             // Behind a load balancer a session's requests land on any node;
             // each must verify the others' tokens.

@@ -9,6 +9,10 @@
 //! finished frame; every other subscriber, on every shard, queues a clone
 //! of that `Arc` (Phoenix's "fastlane", generalised to the frame bytes).
 //!
+//! On a history topic the broadcast also carries its [`Position`], which
+//! its frames hold in the message's `ref` slot (a binary frame has no such
+//! slot: binary payloads are refused on history topics).
+//!
 //! A broadcast also has a byte form ([`Broadcast::to_bytes`]) for carrying
 //! it between nodes or into a history store. The payload travels as the
 //! bytes it was published with: nothing is re-parsed on either side.
@@ -17,6 +21,7 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 
 use super::frame::{EncodedFrame, FrameCache, FrameKind};
 use super::topics::ClientId;
+use crate::history::Position;
 use crate::protocol::encode::{encode_binary_broadcast, encode_text};
 use crate::protocol::message::{Name, Payload, RawJson, Serializer};
 use crate::wire::{put_bytes, put_text, ReadError, Reader};
@@ -140,6 +145,9 @@ pub struct Broadcast {
     /// Publish time, in milliseconds since the Unix epoch.
     published_at_ms: u64,
     content: Content,
+    /// On a history topic: its place in the topic's stream, sent in the
+    /// frames' `ref` slot.
+    position: Option<Position>,
     frames: FrameCache,
 }
 
@@ -156,8 +164,22 @@ impl Broadcast {
             origin,
             published_at_ms,
             content,
+            position: None,
             frames: FrameCache::default(),
         }
+    }
+
+    /// The same broadcast at `position` of its topic's history (before any
+    /// frame is encoded: the position is part of every frame).
+    pub fn with_position(mut self, position: Position) -> Broadcast {
+        self.position = Some(position);
+        self.frames = FrameCache::default();
+        self
+    }
+
+    /// Its place in the topic's history, on a history topic.
+    pub fn position(&self) -> Option<&Position> {
+        self.position.as_ref()
     }
 
     /// The id (unique within the origin node).
@@ -229,11 +251,15 @@ impl Broadcast {
         match (payload, kind.serializer) {
             (Payload::Json(json), serializer) => {
                 let mut body = Vec::with_capacity(json.len() + topic.len() + event.len() + 64);
+                let msg_ref = match &self.position {
+                    Some(position) => RawJson::from_string(&position.to_string()),
+                    None => RawJson::null(),
+                };
                 encode_text(
                     &mut body,
                     serializer,
                     &RawJson::null(),
-                    &RawJson::null(),
+                    &msg_ref,
                     &Name::Str(topic.clone()),
                     event,
                     json,

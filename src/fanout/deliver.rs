@@ -3,8 +3,10 @@
 //! The [`Distributor`] decides where a published broadcast goes: it stamps
 //! the content with its identity and hands it to every other shard of the
 //! process; the publishing shard delivers to its own subscribers at once.
-//! The cluster bus plugs in here, next to the shards (a history store
-//! will too).
+//! The cluster bus plugs in here, next to the shards. (A history topic's
+//! broadcasts take one step more first: `shard/history.rs` routes them
+//! through the topic's owner, which stamps and positions them, then
+//! hands them to the other shards from here.)
 //!
 //! [`deliver`] is the fan-out itself, the same on every shard for every
 //! broadcast: for each frame kind with subscribers, take the broadcast's
@@ -149,14 +151,36 @@ impl<L: ShardLink> Distributor<L> {
         sender: Option<ClientId>,
         now_ms: u64,
     ) -> Arc<Broadcast> {
+        Arc::new(self.stamp_for(self.shard, content, sender, now_ms))
+    }
+
+    /// Stamps `content` sent by `sender` on shard `shard` of this process
+    /// with this shard's next id: a history topic's owner stamps what
+    /// other shards published (the sender is skipped on its own shard).
+    pub fn stamp_for(
+        &mut self,
+        shard: u16,
+        content: Content,
+        sender: Option<ClientId>,
+        now_ms: u64,
+    ) -> Broadcast {
         self.published += 1;
         let origin = Origin {
             node: self.node,
-            shard: self.shard,
+            shard,
             sender,
         };
         let id = BroadcastId::new(self.shard, self.published);
-        Arc::new(Broadcast::new(content, id, origin, now_ms))
+        Broadcast::new(content, id, origin, now_ms)
+    }
+
+    /// Sends a stamped broadcast to every other shard of this process.
+    pub fn to_other_shards(&self, broadcast: &Arc<Broadcast>) {
+        for (shard, link) in self.shards.iter().enumerate() {
+            if shard != usize::from(self.shard) {
+                link.send_broadcast(broadcast.clone());
+            }
+        }
     }
 
     /// Stamps `content` and sends it to every other shard and, in a
@@ -170,11 +194,7 @@ impl<L: ShardLink> Distributor<L> {
         now_ms: u64,
     ) -> Arc<Broadcast> {
         let broadcast = self.stamp(content, sender, now_ms);
-        for (shard, link) in self.shards.iter().enumerate() {
-            if shard != usize::from(self.shard) {
-                link.send_broadcast(broadcast.clone());
-            }
-        }
+        self.to_other_shards(&broadcast);
         if let Some(cluster) = &self.cluster {
             cluster.publish(&broadcast);
         }

@@ -313,7 +313,7 @@ impl ChannelHarness {
                     assert_eq!(sent.topic, ask.topic_name);
                     check_reply_payload(&sent.payload);
                 }
-                Action::Subscribe { topic } => {
+                Action::Subscribe { topic, .. } => {
                     assert!(ok, "a refused join subscribed");
                     assert_eq!(*topic, ask.topic);
                 }
@@ -359,7 +359,7 @@ impl ChannelHarness {
     /// Carries out one action as the shard does (subscriptions only).
     fn apply(&mut self, action: &Action, instance: &RawJson) {
         match action {
-            Action::Subscribe { topic } => {
+            Action::Subscribe { topic, .. } => {
                 assert!(
                     !self.joined.contains_key(topic),
                     "subscribed twice to {topic}"

@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use crate::connect::Identity;
 use crate::fanout::broadcast::Content;
 use crate::fanout::topics::SubscriptionSlot;
+use crate::history::position::{RecoverFrom, SinceNotAString};
 use crate::protocol::encode::write_reply_payload;
 use crate::protocol::message::{ClientMessage, Name, Payload, RawJson};
 use crate::routes::{ClientEventPolicy, JoinDecision, Routes, HEARTBEAT_TOPIC};
@@ -29,6 +30,10 @@ const UNHANDLED_EVENT: &[u8] = br#"{"status":"error","response":{"reason":"unhan
 const RESERVED_EVENT: &[u8] = br#"{"status":"error","response":{"reason":"reserved event"}}"#;
 const EMPTY_OBJECT: &[u8] = b"{}";
 const RATE_LIMITED: &[u8] = br#"{"status":"error","response":{"reason":"rate limited"}}"#;
+const SINCE_NOT_A_STRING: &[u8] =
+    br#"{"status":"error","response":{"reason":"since must be a position string"}}"#;
+const BINARY_HISTORY: &[u8] =
+    br#"{"status":"error","response":{"reason":"binary payloads cannot be kept in a topic's history"}}"#;
 
 /// A server→client message for this connection, not yet encoded (the shard
 /// encodes it with the connection's serializer).
@@ -52,10 +57,18 @@ pub enum Action {
     /// Queue a message to this connection.
     Send(Outgoing),
     /// Subscribe this connection to the topic, then report the slot back
-    /// through [`ChannelSet::set_slot`].
+    /// through [`ChannelSet::set_slot`]. On a history topic the actions
+    /// that follow (the reply among them) wait for the topic's position,
+    /// and the broadcasts `recover` asks for are pushed after the reply.
     Subscribe {
         /// The topic joined.
         topic: String,
+        /// The joining channel instance (a held join whose instance was
+        /// left or replaced meanwhile is dropped).
+        join_ref: RawJson,
+        /// What the join asked to recover (always `Nothing` on topics
+        /// without history).
+        recover: RecoverFrom,
     },
     /// Drop this connection's subscription.
     Unsubscribe {
@@ -171,6 +184,8 @@ struct PendingJoin {
     route: usize,
     /// Whether the route tracks presence.
     presence: bool,
+    /// What the join asked to recover.
+    recover: RecoverFrom,
 }
 
 /// One joined channel.
@@ -225,6 +240,31 @@ impl ChannelSet {
             debug_assert!(channel.slot.is_none(), "subscribed twice to {topic}");
             channel.slot = Some(slot);
         }
+    }
+
+    /// Whether the instance `join_ref` of `topic` is joined and waits for
+    /// its subscription (it was not left or replaced while its join was
+    /// held).
+    pub fn awaits_subscription(&self, topic: &str, join_ref: &RawJson) -> bool {
+        self.channels
+            .iter()
+            .any(|c| c.topic == topic && c.join_ref == *join_ref && c.slot.is_none())
+    }
+
+    /// Whether the instance `join_ref` of `topic` is joined and subscribed.
+    pub fn is_subscribed(&self, topic: &str, join_ref: &RawJson) -> bool {
+        self.channels
+            .iter()
+            .any(|c| c.topic == topic && c.join_ref == *join_ref && c.slot.is_some())
+    }
+
+    /// Ends the channel of `topic` from the server's side (Phoenix's
+    /// crashed channel: the client gets `phx_error` and rejoins),
+    /// returning its join_ref and subscription.
+    pub fn drop_channel(&mut self, topic: &str) -> Option<(RawJson, Option<SubscriptionSlot>)> {
+        let index = self.channels.iter().position(|c| c.topic == topic)?;
+        let channel = self.channels.swap_remove(index);
+        Some((channel.join_ref, channel.slot))
     }
 
     /// Removes every channel silently (the connection is gone),
@@ -300,11 +340,19 @@ impl ChannelSet {
                 }));
             }
             Some(event) => {
-                let policy = routes
-                    .get(channel.route)
+                let route = routes.get(channel.route);
+                let policy = route
                     .filter(|r| r.allows_event(event))
                     .map_or(ClientEventPolicy::Deny, |r| r.client_events);
                 let join_ref = channel.join_ref.clone();
+                let history = route.is_some_and(|r| r.history.is_some());
+                if history
+                    && matches!(msg.payload, Payload::Binary(_))
+                    && policy != ClientEventPolicy::Deny
+                {
+                    // A binary frame has no ref slot for the position.
+                    return out.push(reply(join_ref, &msg, BINARY_HISTORY));
+                }
                 if policy == ClientEventPolicy::Webhook && !is_reserved(event) {
                     return out.push(Action::AskEvent(HookAsk {
                         topic: topic.to_string(),
@@ -344,6 +392,8 @@ impl ChannelSet {
             });
             out.push(Action::Subscribe {
                 topic: pending.topic.clone(),
+                join_ref: pending.join_ref.clone(),
+                recover: pending.recover.clone(),
             });
         }
         if joined && pending.presence {
@@ -436,9 +486,16 @@ impl ChannelSet {
         } else {
             msg.join_ref.clone()
         };
+        let recover = match (&route.history, &msg.payload) {
+            (Some(_), Payload::Json(json)) => RecoverFrom::of_join_payload(json),
+            _ => Ok(RecoverFrom::Nothing),
+        };
         if self.channels.len() + self.pending.len() >= self.max_channels {
             out.push(reply(msg.join_ref.clone(), &msg, TOO_MANY_CHANNELS));
+        } else if let Err(SinceNotAString) = recover {
+            out.push(reply(msg.join_ref.clone(), &msg, SINCE_NOT_A_STRING));
         } else {
+            let recover = recover.unwrap_or(RecoverFrom::Nothing);
             match route.join_decision(&topic, identity) {
                 JoinDecision::Deny => out.push(reply(msg.join_ref.clone(), &msg, UNAUTHORIZED)),
                 JoinDecision::Ask => {
@@ -447,6 +504,7 @@ impl ChannelSet {
                         join_ref: join_ref.clone(),
                         route: route_index,
                         presence: route.presence.is_some(),
+                        recover,
                     });
                     out.push(Action::AskJoin(HookAsk {
                         topic,
@@ -467,6 +525,8 @@ impl ChannelSet {
                     });
                     out.push(Action::Subscribe {
                         topic: topic.clone(),
+                        join_ref: join_ref.clone(),
+                        recover,
                     });
                     let ok = reply_to(msg.join_ref.clone(), &msg, OK_EMPTY);
                     if route.presence.is_some() {

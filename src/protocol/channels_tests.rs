@@ -39,7 +39,7 @@ fn run(set: &mut ChannelSet, m: ClientMessage) -> Vec<Action> {
     set.handle(m, &routes(), &Identity::default(), &mut out);
     let mut next_slot = 0;
     for action in &out {
-        if let Action::Subscribe { topic } = action {
+        if let Action::Subscribe { topic, .. } = action {
             // Slots are opaque to the state machine; any distinct value works.
             set.set_slot(topic, test_slot(next_slot));
             next_slot += 1;
@@ -80,7 +80,7 @@ fn describe(actions: &[Action]) -> Vec<String> {
                 o.event,
                 String::from_utf8_lossy(&o.payload)
             ),
-            Action::Subscribe { topic } => format!("subscribe {topic}"),
+            Action::Subscribe { topic, .. } => format!("subscribe {topic}"),
             Action::Track(join) => format!(
                 "track {} {}",
                 join.topic,

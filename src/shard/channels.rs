@@ -24,7 +24,7 @@ use crate::protocol::message::ClientMessage;
 
 impl Shard {
     /// The sinks of this shard's clients, for one delivery or reply.
-    fn sinks(&mut self) -> SinkSet<'_> {
+    pub(super) fn sinks(&mut self) -> SinkSet<'_> {
         SinkSet {
             clients: &mut self.clients,
             connections: &mut self.connections,
@@ -69,27 +69,56 @@ impl Shard {
         }
     }
 
-    /// Carries out a client's actions in order. In a cluster, the rest of
-    /// a join whose topic the node does not listen to yet waits for it
-    /// (`subscriptions.rs`).
+    /// Carries out a client's actions in order. A join's actions from its
+    /// `Subscribe` on may wait: in a cluster for the node to listen to the
+    /// topic (`subscriptions.rs`), on a history topic for the topic's
+    /// position (`history.rs`).
     pub(super) fn apply_all(&mut self, id: ClientId, actions: &mut Vec<Action>, now: Instant) {
         let mut pending = actions.drain(..);
         while let Some(action) = pending.next() {
-            if let Action::Subscribe { topic } = &action {
-                if self.distributor.cluster().is_some() {
-                    let topic = topic.clone();
-                    let mut rest = vec![action];
-                    rest.extend(pending.by_ref());
-                    if let Some(mut rest) = self.hold_until_subscribed(&topic, id, rest, now) {
-                        let first = rest.remove(0);
-                        self.apply(id, first, now);
-                        self.apply_all(id, &mut rest, now);
-                    }
+            if let Action::Subscribe { topic, .. } = &action {
+                let topic = topic.clone();
+                let mut rest = vec![action];
+                rest.extend(pending.by_ref());
+                let Some(rest) = self.hold_until_subscribed(&topic, id, rest, now) else {
                     return;
-                }
+                };
+                let Some(mut rest) = self.hold_for_history(&topic, id, rest, now) else {
+                    return;
+                };
+                let subscribe = rest.remove(0);
+                return self.apply_subscription(id, subscribe, rest, now);
             }
             self.apply(id, action, now);
         }
+    }
+
+    /// Carries out a join's `Subscribe` and the actions after it, once
+    /// nothing holds them. A join left or replaced while it was held is
+    /// dropped whole: its instance is gone.
+    pub(super) fn apply_subscription(
+        &mut self,
+        id: ClientId,
+        subscribe: Action,
+        mut rest: Vec<Action>,
+        now: Instant,
+    ) {
+        let Action::Subscribe {
+            topic, join_ref, ..
+        } = &subscribe
+        else {
+            debug_assert!(false, "a join's actions start with its Subscribe");
+            return;
+        };
+        let awaited = self
+            .clients
+            .get(id)
+            .is_some_and(|c| c.session.channels.awaits_subscription(topic, join_ref));
+        if !awaited {
+            return;
+        }
+        self.apply(id, subscribe, now);
+        self.apply_all(id, &mut rest, now);
     }
 
     /// Carries out one action of the channel state machine.
@@ -98,7 +127,7 @@ impl Shard {
             Action::Send(outgoing) => self.send_message(id, &outgoing, now),
             Action::AskJoin(ask) => self.ask_hook(id, HookKind::Join, ask, now),
             Action::AskEvent(ask) => self.ask_hook(id, HookKind::Event, ask, now),
-            Action::Subscribe { topic } => {
+            Action::Subscribe { topic, .. } => {
                 let Some(kind) = self.clients.get(id).map(|c| c.session.frame_kind()) else {
                     return;
                 };
@@ -149,6 +178,9 @@ impl Shard {
     /// Publishes a broadcast from this shard: the distributor sends it to
     /// the other shards, and local subscribers get it at once.
     pub(super) fn publish(&mut self, content: Content, sender: Option<ClientId>, now: Instant) {
+        if let Some(retention) = self.retention(content.topic()) {
+            return self.publish_history(content, sender, retention, now);
+        }
         ShardMetrics::add(&self.metrics().broadcasts, 1);
         let broadcast = self.distributor.publish(content, sender, unix_ms());
         self.deliver(&broadcast, now);
@@ -183,7 +215,7 @@ impl Shard {
     }
 
     /// A client went over its send buffer limit.
-    fn on_over_limit(&mut self, id: ClientId, now: Instant) {
+    pub(super) fn on_over_limit(&mut self, id: ClientId, now: Instant) {
         match self.clients.get(id).map(|c| &c.sink) {
             Some(Sink::WebSocket(connection)) => {
                 let connection = *connection;
@@ -230,7 +262,13 @@ impl Shard {
     }
 
     /// Removes one subscription of a client (and its presence there).
-    fn unsubscribe(&mut self, id: ClientId, topic: &str, kind: FrameKind, slot: SubscriptionSlot) {
+    pub(super) fn unsubscribe(
+        &mut self,
+        id: ClientId,
+        topic: &str,
+        kind: FrameKind,
+        slot: SubscriptionSlot,
+    ) {
         self.topics.unsubscribe(topic, kind, slot);
         if self.topics.get(topic).is_none() {
             self.topic_vacated(topic);

@@ -6,9 +6,10 @@ use std::time::Instant;
 use super::connection::{ConnectionKey, Phase};
 use super::inbox::ShardMessage;
 use super::Shard;
-use crate::api::{self, ApiHost, ApiSettings};
+use crate::api::{self, ApiHost, ApiResponse, ApiSettings};
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::Content;
+use crate::longpoll::session::HeldRequest;
 use crate::transport::http::{write_json_error, write_response, HttpLimits, Parsed, Request};
 
 /// The interim answer to `Expect: 100-continue`: send the body.
@@ -122,6 +123,9 @@ impl Shard {
         if self.config.socket.longpoll.enabled && request.path == self.config.longpoll_path() {
             return self.longpoll_request(key, request, now);
         }
+        if let Some(handled) = self.route_history_request(key, &request, now) {
+            return handled;
+        }
         let keep_alive = request.keep_alive && self.stop_deadline.is_none();
         let config = self.config.clone();
         let settings = ApiSettings {
@@ -129,24 +133,35 @@ impl Shard {
             max_batch: config.api.max_batch,
         };
         let response = api::handle(&mut ApiOnShard { shard: self, now }, &request, &settings);
-        let mut headers: Vec<(&str, &str)> = vec![("content-type", response.content_type)];
-        headers.extend(
-            response
-                .headers
-                .iter()
-                .map(|(name, value)| (*name, value.as_ref())),
-        );
         let mut out = Vec::with_capacity(response.body.len() + 128);
-        write_response(
-            &mut out,
-            response.status,
-            &headers,
-            &response.body,
-            keep_alive,
-        );
+        write_api_response(&mut out, &response, keep_alive);
         self.send_bytes(key, &out);
         Handled::answered(keep_alive)
     }
+
+    /// Answers an API request that was held (for a read of Redis).
+    pub(super) fn answer_held_api(
+        &mut self,
+        held: HeldRequest,
+        response: &ApiResponse,
+        now: Instant,
+    ) {
+        self.answer_held(held, now, |out, keep_alive| {
+            write_api_response(out, response, keep_alive)
+        });
+    }
+}
+
+/// Frames an API answer as an HTTP response.
+fn write_api_response(out: &mut Vec<u8>, response: &ApiResponse, keep_alive: bool) {
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", response.content_type)];
+    headers.extend(
+        response
+            .headers
+            .iter()
+            .map(|(name, value)| (*name, value.as_ref())),
+    );
+    write_response(out, response.status, &headers, &response.body, keep_alive);
 }
 
 /// The shard as the API sees it, for one request.
@@ -158,6 +173,14 @@ struct ApiOnShard<'a> {
 impl ApiHost for ApiOnShard<'_> {
     fn publish(&mut self, content: Content) {
         self.shard.publish(content, None, self.now);
+    }
+
+    fn publish_refusal(&self, content: &Content) -> Option<ApiResponse> {
+        self.shard.history_publish_refusal(content)
+    }
+
+    fn history(&mut self, query: &str) -> ApiResponse {
+        self.shard.history_api(query)
     }
 
     fn disconnect(&mut self, target: DisconnectTarget) {

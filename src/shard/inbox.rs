@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use super::forward::Forwarded;
 use super::handover::HandOver;
+use super::history::{RecoveryAnswer, RecoveryAsk, ToSequence};
+use super::history_cluster::HistoryRead;
 use super::hooks::HookAnswer;
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::Broadcast;
@@ -52,6 +54,22 @@ pub enum ShardMessage {
         /// up (the request is then handled here).
         response: Option<Vec<u8>>,
     },
+    /// History: a broadcast to a topic this shard owns, for it to sequence.
+    Sequence(Box<ToSequence>),
+    /// History: a join asks this shard, the topic's owner, for the
+    /// position and the broadcasts to replay.
+    RecoveryAsk(Box<RecoveryAsk>),
+    /// History: the owner's answer to a join held here.
+    RecoveryAnswer(Box<RecoveryAnswer>),
+    /// History (cluster): a broadcast with its position in Redis's stream,
+    /// for this shard, the topic's owner on this node (sent by the bus).
+    Sequenced(Arc<Broadcast>),
+    /// History (cluster): what the bus read of a topic's stream for this
+    /// shard.
+    HistoryRead(Box<HistoryRead>),
+    /// History (cluster): broadcasts of this topic were lost to this node;
+    /// its local channels end with `phx_error` so their clients rejoin.
+    HistoryGap(Arc<str>),
     /// Stop accepting, close every client, flush, exit.
     Shutdown,
 }

@@ -494,7 +494,7 @@ impl Shard {
 
     /// Answers a held request whose connection is still there with what
     /// `write` makes (given whether the connection stays open).
-    fn answer_held(
+    pub(super) fn answer_held(
         &mut self,
         held: HeldRequest,
         now: Instant,

@@ -33,6 +33,7 @@
 //! | [`forward`] | long-poll requests forwarded to and from other nodes | `Forwarded`, `ForwardAnswer` | — | `504` for unanswered forwards |
 //! | [`presence`] | tracked presences, the replica | `Presence` | diffs out, states to joiners | — |
 //! | [`hooks`] | the hook pool | `Hook` | — | — |
+//! | [`history`] (+ [`history_cluster`]) | owned topics' histories, joins waiting for their position | `Sequence`, `RecoveryAsk`, `RecoveryAnswer`, `Sequenced`, `HistoryRead` | — | expire histories |
 
 pub mod channels;
 pub mod clients;
@@ -40,6 +41,9 @@ pub mod connection;
 mod connection_io;
 pub mod forward;
 pub mod handover;
+pub mod history;
+mod history_api;
+pub mod history_cluster;
 pub mod hooks;
 mod http;
 pub mod inbox;
@@ -171,6 +175,8 @@ pub struct Shard {
     hooks: Hooks,
     /// Component (cluster): joins waiting for the node's subscription.
     awaited: subscriptions::AwaitedTopics,
+    /// Component: topic histories and recovering joins.
+    history: history::ShardHistory,
 }
 
 impl Shard {
@@ -198,6 +204,12 @@ impl Shard {
             burst: config.socket.client_events_burst,
         });
         let own_inbox = peers[id].clone();
+        let history = history::ShardHistory::new(
+            config.routes.any_history(),
+            config.history.memory_limit,
+            peers.len(),
+            instance ^ (id as u64).rotate_left(48),
+        );
         let send_buffer_limit = config.socket.send_buffer_limit;
         Ok(Shard {
             id,
@@ -232,6 +244,7 @@ impl Shard {
                 }),
             ),
             awaited: subscriptions::AwaitedTopics::default(),
+            history,
         })
     }
 
@@ -311,6 +324,7 @@ impl Shard {
         self.longpoll_tick(now);
         self.forwarding_tick(now);
         self.subscriptions_tick(now);
+        self.history_tick();
     }
 
     /// Routes the inbox's messages to the components they belong to.
@@ -329,6 +343,12 @@ impl Shard {
                 ShardMessage::ForwardAnswer { id, response } => {
                     self.on_forward_answer(id, response.as_deref(), now)
                 }
+                ShardMessage::Sequence(to_sequence) => self.on_sequence(*to_sequence, now),
+                ShardMessage::RecoveryAsk(ask) => self.on_recovery_ask_message(*ask, now),
+                ShardMessage::RecoveryAnswer(answer) => self.on_recovery_answer(*answer, now),
+                ShardMessage::Sequenced(broadcast) => self.on_sequenced(broadcast, now),
+                ShardMessage::HistoryRead(read) => self.on_history_read(*read, now),
+                ShardMessage::HistoryGap(topic) => self.on_history_gap(&topic, now),
                 ShardMessage::Shutdown => self.begin_shutdown(now),
             }
         }

@@ -58,7 +58,9 @@ impl Shard {
         actions: Vec<Action>,
         now: Instant,
     ) -> Option<Vec<Action>> {
-        let cluster = self.distributor.cluster()?;
+        let Some(cluster) = self.distributor.cluster() else {
+            return Some(actions);
+        };
         if self.awaited.listening.contains(topic) {
             return Some(actions);
         }
