@@ -144,6 +144,28 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// Runs one command given as binary-safe arguments (RESP) and returns
+    /// the raw reply.
+    pub fn command_args(&self, args: &[&[u8]]) -> String {
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"*1\r\n$4\r\nQUIT\r\n");
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("redis connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        stream.write_all(&request).unwrap();
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        String::from_utf8_lossy(&reply).to_string()
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
