@@ -307,7 +307,7 @@ pub(crate) fn plain_route(
 
 /// The route table the channel tests and the channel fuzz target join
 /// against: every client event policy, both join policies of the table
-/// kind, an event allow-list and a presence route.
+/// kind, an event allow-list, a presence route and a history route.
 pub(crate) fn example_routes() -> Vec<Route> {
     vec![
         plain_route("room:forbidden", JoinPolicy::Deny, ClientEventPolicy::Deny),
@@ -329,6 +329,13 @@ pub(crate) fn example_routes() -> Vec<Route> {
                 update_event: "presence_update".into(),
             }),
             ..plain_route("lobby:*", JoinPolicy::Public, ClientEventPolicy::Deny)
+        },
+        Route {
+            history: Some(Retention {
+                count: 10,
+                ttl_ms: 60_000,
+            }),
+            ..plain_route("hist:*", JoinPolicy::Public, ClientEventPolicy::Broadcast)
         },
     ]
 }

@@ -4,8 +4,9 @@ use super::*;
 use crate::protocol::channels::PresenceUpdate;
 use crate::routes::{example_routes, plain_route};
 
-const TOPICS: [&str; 16] = [
+const TOPICS: [&str; 17] = [
     "room:a",
+    "hist:h",
     "room:b",
     "room:forbidden",
     "from:x",
@@ -42,8 +43,10 @@ const REFS: [&str; 7] = ["null", "\"1\"", "\"2\"", "\"3\"", "\"\"", "7", "\"q\\\
 /// A join payload the harness treats as over the presence meta limits.
 const OVER_LIMIT_META: &str = r#"{"meta":{"big":true}}"#;
 
-const PAYLOADS: [&str; 6] = [
+const PAYLOADS: [&str; 8] = [
     "{}",
+    r#"{"since":"e1:0"}"#,
+    r#"{"since":7}"#,
     r#"{"meta":{"a":1}}"#,
     "[]",
     "\"x\"",
