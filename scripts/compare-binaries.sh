@@ -7,6 +7,9 @@
 #
 #   scripts/compare-binaries.sh OLD_BIN NEW_BIN [ROUNDS] [SECONDS] [RUNS]
 #
+# Env: CONFIG (a config file for both servers), LOAD (a cinder-load binary
+# to use instead of building one), PORT, BENCH_OUT.
+#
 # Build the old binary from the previous commit first, e.g.
 #   git worktree add /tmp/prev HEAD~1 && (cd /tmp/prev && cargo build --release)
 set -euo pipefail
@@ -15,15 +18,21 @@ OLD="$1"; NEW="$2"; ROUNDS="${3:-3}"; SECS="${4:-3}"; RUNS="${5:-3}"
 PORT="${PORT:-4300}"
 OUT="${BENCH_OUT:-target/compare}"
 mkdir -p "$OUT"
-cargo build --release -p cinder-load >/dev/null 2>&1
-LOAD=target/release/cinder-load
+if [ -z "${LOAD:-}" ]; then
+  cargo build --release -p cinder-load >/dev/null 2>&1
+  LOAD=target/release/cinder-load
+fi
+# CONFIG=file.toml runs both binaries with that configuration (e.g. one with
+# a history route, to measure what plain topics pay beside history topics).
+CONFIG_ARGS=()
+[ -n "${CONFIG:-}" ] && CONFIG_ARGS=(--config "$CONFIG")
 ulimit -n "$(ulimit -Hn)"
 WS="ws://127.0.0.1:$PORT/socket/websocket"
 API="http://127.0.0.1:$PORT/api/broadcast"
 SERVER_PID=""
 
 start_server() {
-  "$1" serve --bind "127.0.0.1:$PORT" --shards 2 --log-level warn &
+  "$1" serve --bind "127.0.0.1:$PORT" --shards 2 --log-level warn "${CONFIG_ARGS[@]}" &
   SERVER_PID=$!
   for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && return 0

@@ -1,5 +1,6 @@
 //! Moving a connection to another shard: a long-poll request whose session
-//! lives elsewhere travels with its whole connection — stream, unsent
+//! lives elsewhere (or a `GET /api/history` of a topic another shard owns)
+//! travels with its whole connection — stream, unsent
 //! output, unread input and the parsed request — through the owner's inbox,
 //! so everything about a session stays on one shard (`docs/architecture.md`).
 
@@ -33,7 +34,9 @@ impl Shard {
         let mut connection = self.connections.remove(self.poll.registry(), key)?;
         ShardMetrics::sub(&self.metrics().connections, 1);
         connection.pending_input.extend_from_slice(rest);
-        ShardMetrics::add(&self.metrics().longpoll_handovers, 1);
+        if request.path != crate::api::history::PATH {
+            ShardMetrics::add(&self.metrics().longpoll_handovers, 1);
+        }
         Some(HandOver {
             connection,
             request,
