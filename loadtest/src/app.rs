@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::cli::{Cli, Command};
 use crate::outcome::{self, Loss, EXIT_ERROR};
 use crate::report::Report;
-use crate::scenario::{ceiling, chat, connect, fanout, idle, presence, soak, sweep};
+use crate::scenario::{ceiling, chat, connect, fanout, idle, presence, recover, soak, sweep};
 
 /// Runs `cli` and returns the process exit code: [`outcome::EXIT_OK`],
 /// [`EXIT_ERROR`] (with the reason on stderr) or [`outcome::EXIT_LOST`]
@@ -35,6 +35,11 @@ fn execute(command: &Command) -> Result<Vec<Loss>, String> {
         Command::Connect(args) => finish(connect::run(args)?, args.output.json.as_deref()),
         Command::Idle(args) => finish(idle::run(args)?, args.output.json.as_deref()),
         Command::Presence(args) => finish(presence::run(args)?, args.output.json.as_deref()),
+        Command::Recover(args) => {
+            let report = recover::run(args).map_err(|e| e.to_string())?;
+            save(&report, args.output.json.as_deref())?;
+            Ok(recover::losses(&report))
+        }
         Command::Sweep(args) => {
             let report = sweep::run(args)?;
             report.print();
@@ -54,11 +59,17 @@ fn execute(command: &Command) -> Result<Vec<Loss>, String> {
 /// Prints `report`, writes its JSON, and names it if it lost deliveries.
 /// The JSON is written even then: it is the evidence.
 fn finish(report: Report, json: Option<&Path>) -> Result<Vec<Loss>, String> {
+    save(&report, json)?;
+    Ok(outcome::losses([(report.scenario.clone(), &report)]))
+}
+
+/// Prints `report` and writes its JSON.
+fn save(report: &Report, json: Option<&Path>) -> Result<(), String> {
     report.print();
     if let Some(path) = json {
         report
             .write_json(path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    Ok(outcome::losses([(report.scenario.clone(), &report)]))
+    Ok(())
 }

@@ -41,6 +41,16 @@ pub enum Command {
     /// A presence join storm: every client joins one presence-enabled
     /// topic; counts the presence_state and presence_diff traffic.
     Presence(PresenceArgs),
+    /// A reconnect storm on history topics: C clients join and keep their
+    /// position, leave, M messages per topic are published, then all
+    /// rejoin with `since` at once; measures recoveries/s and join → last
+    /// replayed message latency, and checks every client got exactly the
+    /// missed messages, in order.
+    ///
+    /// With several --url, every client rejoins on the next one after the
+    /// URL it first joined on (round robin shifted by one), so each
+    /// recovery crosses nodes.
+    Recover(RecoverArgs),
     /// Starts the Cinder binary with each shard count and runs a scenario against each.
     Sweep(SweepArgs),
     /// Mixed load for a long time (healthy subscribers, churn, presence,
@@ -250,6 +260,63 @@ pub struct PresenceArgs {
     /// How long presence traffic must be quiet before the storm counts as over.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub settle: Duration,
+}
+
+/// `recover`: clients come back to history topics and recover what they
+/// missed while away.
+///
+/// With several `--url`, every client rejoins on the URL after the one it
+/// first joined on (round robin shifted by one), so each recovery crosses
+/// nodes.
+#[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("conns", |a| a.default_value("10000")),
+    mut_arg("topics", |a| a.default_value("10")),
+    mut_arg("topic_prefix", |a| a.default_value("hist:bench")),
+    mut_arg("src_ips", |a| a.default_value("127.0.0.2-127.0.0.9")),
+)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub conn: ConnArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub output: OutputArgs,
+    /// Messages published to every topic while the clients are away (the
+    /// route's `history` must hold them all).
+    #[arg(long, default_value_t = 100)]
+    pub messages: u64,
+    /// HTTP publish API (default: `/api/broadcast` on the first --url's host).
+    #[arg(long)]
+    pub publish: Option<String>,
+    /// `Authorization: Bearer` key for the HTTP publish API.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Messages per publish request (`{"messages":[…]}` when above 1).
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Size of each message's payload JSON in bytes (at least ~60: the stamp).
+    #[arg(long, default_value_t = 64)]
+    pub payload_bytes: usize,
+    /// Event name of the published messages.
+    #[arg(long, default_value = "msg")]
+    pub event: String,
+    /// How long to wait after the publish API accepted the last message
+    /// before the clients come back (e.g. for cluster nodes to take it in).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub rejoin_after: Duration,
+    /// How long the storm may take; a client still short of messages then
+    /// has lost them.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub recover_timeout: Duration,
+    /// Once every client has rejoined (or failed), how long nothing may
+    /// arrive before what is still missing counts as lost.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub settle: Duration,
+    /// Another process whose CPU time (user + sys, from /proc) is read over
+    /// the storm, as `NAME=PID` (repeatable): another cluster node, Redis.
+    #[arg(long = "watch-pid", value_parser = parse_watch_pid)]
+    pub watch_pids: Vec<WatchPid>,
 }
 
 /// `sweep`: the same scenario against the server at several shard counts.
@@ -582,5 +649,54 @@ mod tests {
             panic!("not a sweep")
         };
         assert_eq!(sweep.shards, vec![1, 2]);
+    }
+
+    #[test]
+    fn recover_has_its_own_defaults_and_leaves_the_others_alone() {
+        let parse = |argv: &[&str]| Cli::try_parse_from(argv).unwrap().command;
+        let Command::Recover(args) = parse(&["cinder-load", "recover"]) else {
+            panic!("not a recover")
+        };
+        assert_eq!(args.conn.conns, 10_000);
+        assert_eq!(args.conn.topics, 10);
+        assert_eq!(args.conn.topic_prefix, "hist:bench");
+        assert_eq!(args.conn.src_ips.as_ref().map(|s| s.0.len()), Some(8));
+        assert_eq!(args.messages, 100);
+        assert_eq!(args.batch, 100);
+        assert_eq!(args.publish, None);
+        assert_eq!(args.rejoin_after, Duration::ZERO);
+        assert_eq!(args.recover_timeout, Duration::from_secs(60));
+        let Command::Recover(args) = parse(&[
+            "cinder-load",
+            "recover",
+            "--url",
+            "ws://a:1/s,ws://b:2/s",
+            "--conns",
+            "50",
+            "--messages",
+            "7",
+            "--rejoin-after",
+            "500ms",
+            "--watch-pid",
+            "b=42",
+            "--json",
+            "r.json",
+        ]) else {
+            panic!("not a recover")
+        };
+        assert_eq!(args.conn.urls.len(), 2);
+        assert_eq!(args.conn.conns, 50);
+        assert_eq!(args.messages, 7);
+        assert_eq!(args.rejoin_after, Duration::from_millis(500));
+        assert_eq!(args.watch_pids[0].pid, 42);
+        assert_eq!(args.output.json, Some(PathBuf::from("r.json")));
+        // The shared connection options keep their defaults elsewhere.
+        let Command::Fanout(fanout) = parse(&["cinder-load", "fanout"]) else {
+            panic!("not a fanout")
+        };
+        assert_eq!(fanout.conn.conns, 1000);
+        assert_eq!(fanout.conn.topics, 1);
+        assert_eq!(fanout.conn.topic_prefix, "bench");
+        assert_eq!(fanout.conn.src_ips, None);
     }
 }

@@ -115,6 +115,77 @@ pub struct ConnSpec {
     /// Which server it connects to: an index into the worker's targets
     /// (the `--url`s, in order).
     pub node: usize,
+    /// Set for a join on a history topic (`recover`): the client then
+    /// keeps what the join reply says and checks the replayed broadcasts.
+    pub history: Option<HistoryJoin>,
+}
+
+/// A join on a history topic, as `recover` makes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryJoin {
+    /// The position to recover from, sent as `"since"` in the join payload
+    /// (`None`: a plain join whose reply's position is kept).
+    pub since: Option<Arc<str>>,
+    /// Replayed broadcasts expected after the reply: sender 0's sequence
+    /// numbers `0..replay`, in that order.
+    pub replay: u64,
+}
+
+/// What a history join got: the reply's answer and how the replayed
+/// broadcasts arrived. Only distinct arrivals are looked at here;
+/// duplicates are counted by the client's [`Tracker`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayLog {
+    /// What the ok join reply said (`None` until it came).
+    pub answer: Option<phoenix::JoinAnswer>,
+    /// When the `phx_join` was sent.
+    pub join_sent_ns: u64,
+    /// When its ok reply arrived (0 if it has not).
+    pub replied_ns: u64,
+    /// The sequence number the next arrival should carry.
+    pub next_seq: u64,
+    /// Distinct arrivals with a sequence number below the expected count.
+    pub distinct: u64,
+    /// Distinct arrivals that were not the next expected one (a gap
+    /// before them, or a late one after a gap).
+    pub out_of_order: u64,
+    /// Broadcasts that arrived before the join's reply.
+    pub before_reply: u64,
+    /// Broadcasts without a position in their ref slot.
+    pub without_position: u64,
+    /// When the last expected broadcast arrived (0 if not all did).
+    pub completed_ns: u64,
+}
+
+impl ReplayLog {
+    /// Records one distinct arrival of `seq` at `now_ns`, of `expected`
+    /// replayed broadcasts; returns whether that completed the replay.
+    pub fn arrived(&mut self, seq: u64, expected: u64, joined: bool, now_ns: u64) -> bool {
+        if !joined {
+            self.before_reply += 1;
+        }
+        if seq != self.next_seq {
+            self.out_of_order += 1;
+        }
+        self.next_seq = self.next_seq.max(seq.saturating_add(1));
+        if seq < expected {
+            self.distinct += 1;
+            if self.distinct == expected {
+                self.completed_ns = now_ns;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether every expected broadcast arrived exactly in order, right
+    /// after an ok reply that said `recovered: true`.
+    pub fn clean(&self, expected: u64) -> bool {
+        self.answer.as_ref().and_then(|a| a.recovered) == Some(true)
+            && self.distinct == expected
+            && self.out_of_order == 0
+            && self.before_reply == 0
+    }
 }
 
 /// Where a connection is in its life.
@@ -185,6 +256,8 @@ pub struct Client {
     pub joined_ns: u64,
     /// The answer to [`Client::leave`]: `Some(true)` once it was ok.
     pub leave_reply: Option<bool>,
+    /// With [`ConnSpec::history`]: the join's answer and the replay.
+    pub replay: Option<ReplayLog>,
     key: String,
     input: Vec<u8>,
     output: Vec<u8>,
@@ -232,6 +305,7 @@ impl Client {
             stream,
             phase: Phase::Connecting,
             key: wire::websocket_key(u128::from(seed) << 64 | u128::from(now)),
+            replay: spec.history.as_ref().map(|_| ReplayLog::default()),
             spec,
             tracker: Tracker::default(),
             pushes_sent: 0,
@@ -335,12 +409,25 @@ impl Client {
                     self.join_ref = self.take_ref();
                     self.join_sent_ns = ctx.now_ns;
                     let mut join = Vec::new();
-                    phoenix::encode_join(
-                        ctx.serializer,
-                        &mut join,
-                        &self.spec.topic_name,
-                        self.join_ref,
-                    );
+                    let since = self.spec.history.as_ref().and_then(|h| h.since.as_deref());
+                    match since {
+                        Some(since) => phoenix::encode_join_with(
+                            ctx.serializer,
+                            &mut join,
+                            &self.spec.topic_name,
+                            self.join_ref,
+                            &phoenix::since_payload(since),
+                        ),
+                        None => phoenix::encode_join(
+                            ctx.serializer,
+                            &mut join,
+                            &self.spec.topic_name,
+                            self.join_ref,
+                        ),
+                    }
+                    if let Some(log) = &mut self.replay {
+                        log.join_sent_ns = ctx.now_ns;
+                    }
                     self.send(opcode::TEXT, &join);
                 }
             }
@@ -403,6 +490,15 @@ impl Client {
                 Some(stamp) => {
                     if self.tracker.record(stamp.sender, stamp.seq) {
                         ctx.on_delivery(stamp, self.spec.node);
+                        if let (Some(log), Some(history)) = (&mut self.replay, &self.spec.history) {
+                            if phoenix::message_ref(ctx.serializer, message).is_none() {
+                                log.without_position += 1;
+                            }
+                            let joined = self.phase == Phase::Joined;
+                            if log.arrived(stamp.seq, history.replay, joined, ctx.now_ns) {
+                                ctx.on_replay_complete();
+                            }
+                        }
                     }
                 }
                 None => ctx.other_messages += 1,
@@ -414,6 +510,10 @@ impl Client {
                     }
                     self.phase = Phase::Joined;
                     self.joined_ns = ctx.now_ns;
+                    if let Some(log) = &mut self.replay {
+                        log.answer = phoenix::join_answer(ctx.serializer, message);
+                        log.replied_ns = ctx.now_ns;
+                    }
                     self.next_heartbeat_ns = ctx.now_ns + ctx.heartbeat_ns;
                     ctx.on_joined(self.join_sent_ns, self.spec.topic);
                 } else if reference == Some(self.last_heartbeat_ref) {

@@ -22,7 +22,7 @@
 //! - [`mod@format`]: numbers for people (`3.5M`, `2.4 µs`), for charts.
 //! - [`chart`]: the SVG charts of a `sweep` and of a `soak`.
 //! - [`scenario`]: the subcommands (`fanout`, `chat`, `connect`, `idle`,
-//!   `presence`, `sweep`, `soak`, `ceiling`).
+//!   `presence`, `recover`, `sweep`, `soak`, `ceiling`).
 //!
 //! Every latency is measured inside this one process with one monotonic
 //! clock: the publisher stamps the send time into the payload, and the

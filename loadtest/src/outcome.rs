@@ -29,6 +29,12 @@ pub struct Loss {
     pub lost: u64,
     /// Deliveries owed over the run.
     pub expected: u64,
+    /// Extra copies of deliveries, for the scenarios that fail on them
+    /// (`recover`: a replay must hand out each missed message once).
+    pub duplicates: u64,
+    /// Deliveries that came out of order, for the scenarios that fail on
+    /// them (`recover`: a replay must keep the publish order).
+    pub out_of_order: u64,
 }
 
 impl fmt::Display for Loss {
@@ -41,7 +47,14 @@ impl fmt::Display for Loss {
             self.run,
             self.expected.saturating_sub(self.lost),
             self.expected
-        )
+        )?;
+        if self.duplicates > 0 {
+            write!(f, "; {} duplicated", self.duplicates)?;
+        }
+        if self.out_of_order > 0 {
+            write!(f, "; {} out of order", self.out_of_order)?;
+        }
+        Ok(())
     }
 }
 
@@ -55,6 +68,8 @@ pub fn losses<'a>(runs: impl IntoIterator<Item = (String, &'a Report)>) -> Vec<L
             run,
             lost: report.totals.lost,
             expected: report.totals.expected,
+            duplicates: 0,
+            out_of_order: 0,
         })
         .collect()
 }
@@ -120,5 +135,21 @@ mod tests {
             found[1].to_string(),
             "LOST 7 messages in run fanout at 4 shards: 63 of 70 owed deliveries arrived"
         );
+    }
+
+    #[test]
+    fn duplicates_and_disorder_are_named_when_a_scenario_fails_on_them() {
+        let loss = Loss {
+            run: "recover".into(),
+            lost: 0,
+            expected: 100,
+            duplicates: 2,
+            out_of_order: 1,
+        };
+        assert_eq!(
+            loss.to_string(),
+            "LOST 0 messages in run recover: 100 of 100 owed deliveries arrived; 2 duplicated; 1 out of order"
+        );
+        assert_eq!(exit_code(&[loss]), EXIT_LOST);
     }
 }

@@ -281,6 +281,8 @@ pub struct Report {
     pub other_messages: u64,
     /// `presence`: what the join storm cost.
     pub presence: Option<PresenceReport>,
+    /// `recover`: the reconnect storm and what the clients recovered.
+    pub recover: Option<RecoverReport>,
 }
 
 /// What a presence join storm cost (the `presence` scenario).
@@ -307,6 +309,126 @@ pub struct PresenceReport {
     pub server_cpu_ms: Option<f64>,
 }
 
+/// A reconnect storm of clients recovering missed broadcasts (the
+/// `recover` scenario). Its connection and setup figures in the [`Report`]
+/// are the storm's; the first join is summed up here.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecoverReport {
+    /// Messages published to every topic while the clients were away.
+    pub messages_per_topic: u64,
+    /// Whether every client rejoined on another `--url` than its first.
+    pub cross_node: bool,
+    /// First join: clients whose join was answered ok with a position.
+    pub first_joined: u64,
+    /// First join: first connect → last join, seconds.
+    pub first_join_seconds: f64,
+    /// Messages the publish API accepted while the clients were away.
+    pub published: u64,
+    /// Seconds the publishing took.
+    pub publish_seconds: f64,
+    /// Clients that came back (those with a position).
+    pub rejoining: u64,
+    /// Clients whose rejoin was answered ok.
+    pub rejoined: u64,
+    /// Clients that got every missed message exactly once, in publish
+    /// order, right after an ok reply saying `recovered: true`.
+    pub recovered: u64,
+    /// Ok rejoin replies that did not say `recovered: true`.
+    pub not_recovered: u64,
+    /// Rejoined clients that missed at least one message.
+    pub clients_with_gaps: u64,
+    /// Messages those clients missed.
+    pub missing: u64,
+    /// Rejoined clients that got some message more than once.
+    pub clients_with_duplicates: u64,
+    /// Extra copies, over all clients.
+    pub duplicates: u64,
+    /// Messages that arrived out of publish order (after a gap, or late).
+    pub out_of_order: u64,
+    /// Messages that arrived before the rejoin's reply.
+    pub before_reply: u64,
+    /// Replayed messages without a position in their ref slot.
+    pub without_position: u64,
+    /// First reconnect → last client's last replayed message, seconds.
+    pub storm_seconds: f64,
+    /// `recovered` ÷ `storm_seconds`.
+    pub recoveries_per_sec: f64,
+    /// Per client that got all its messages: `phx_join` sent → the last
+    /// of them received.
+    pub latency: Latency,
+    /// Per rejoined client: `phx_join` sent → ok reply.
+    pub reply_latency: Latency,
+    /// Server CPU time (user + sys) over the storm, ms (with --server-pid).
+    pub server_cpu_ms: Option<f64>,
+    /// That per recovered client, µs.
+    pub server_cpu_per_recovery_us: Option<f64>,
+    /// CPU time of each `--watch-pid` process over the storm.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub watched: Vec<WatchedCpu>,
+}
+
+impl RecoverReport {
+    fn print(&self) {
+        println!(
+            "first join   {} clients joined and kept their position in {:.2} s",
+            self.first_joined, self.first_join_seconds
+        );
+        println!(
+            "published    {} messages ({} per topic) while they were away, in {:.2} s",
+            self.published, self.messages_per_topic, self.publish_seconds
+        );
+        println!(
+            "storm        {} rejoining{}, {} rejoined, {} recovered in {:.2} s: {:.0} recoveries/s",
+            self.rejoining,
+            if self.cross_node {
+                " (each on the next --url)"
+            } else {
+                ""
+            },
+            self.rejoined,
+            self.recovered,
+            self.storm_seconds,
+            self.recoveries_per_sec
+        );
+        let ms = |us: f64| us / 1000.0;
+        println!(
+            "recovery     join → last replayed  p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} clients)   join → reply p50 {:.1} ms  p99 {:.1} ms",
+            ms(self.latency.p50_us),
+            ms(self.latency.p90_us),
+            ms(self.latency.p99_us),
+            ms(self.latency.max_us),
+            self.latency.samples,
+            ms(self.reply_latency.p50_us),
+            ms(self.reply_latency.p99_us),
+        );
+        println!(
+            "checks       recovered=false {}  clients with gaps {} ({} missing)  duplicates {} (on {} clients)  out of order {}  before reply {}  without position {}",
+            self.not_recovered,
+            self.clients_with_gaps,
+            self.missing,
+            self.duplicates,
+            self.clients_with_duplicates,
+            self.out_of_order,
+            self.before_reply,
+            self.without_position
+        );
+        let mut line = format!(
+            "storm cpu    server {}  per recovery {}",
+            self.server_cpu_ms
+                .map_or_else(|| NOT_AVAILABLE.to_string(), |v| format!("{v:.0} ms")),
+            self.server_cpu_per_recovery_us
+                .map_or_else(|| NOT_AVAILABLE.to_string(), |v| format!("{v:.1} µs")),
+        );
+        for p in &self.watched {
+            let cpu = p
+                .cpu_ms
+                .map_or(NOT_AVAILABLE.into(), |ms| format!("{ms:.0} ms"));
+            line.push_str(&format!("  {} {cpu}", p.name));
+        }
+        println!("{line}");
+    }
+}
+
 impl Report {
     /// Writes the report as pretty JSON.
     pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
@@ -316,6 +438,9 @@ impl Report {
     /// Prints the human table.
     pub fn print(&self) {
         self.print_main();
+        if let Some(r) = &self.recover {
+            r.print();
+        }
         if let Some(p) = &self.presence {
             println!(
                 "presence     members {}  states {}  diffs {} (unbatched would be {}, {:.1}× fewer)  metas in diffs {}  bytes {}  in {:.2} s  server cpu {}",

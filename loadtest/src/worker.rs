@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::client::{Client, ConnSpec, Failure, Phase, Target};
+use crate::client::{Client, ConnSpec, Failure, Phase, ReplayLog, Target};
 use crate::payload::{self, Stamp};
 use crate::phoenix::Serializer;
 use crate::tracker::Tracker;
@@ -64,6 +64,8 @@ pub struct Shared {
     pub presence_bytes: AtomicU64,
     /// `presence`: when the last presence message arrived (clock ns).
     pub presence_last_ns: AtomicU64,
+    /// `recover`: clients that received every replayed broadcast.
+    pub replays_done: AtomicU64,
 }
 
 impl Shared {
@@ -216,6 +218,12 @@ impl LoopContext {
         self.shared.joined.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A client received the last of the broadcasts its history join
+    /// expected (`recover`).
+    pub fn on_replay_complete(&mut self) {
+        self.shared.replays_done.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A client's push was answered ok.
     pub fn on_push_acked(&mut self, topic: usize) {
         self.shared.pushes_acked.fetch_add(1, Ordering::Relaxed);
@@ -295,6 +303,10 @@ pub struct ClientOutcome {
     pub pushes_acked: u64,
     /// Pushes answered with an error.
     pub push_errors: u64,
+    /// Which `--url` it used.
+    pub node: usize,
+    /// History joins (`recover`): the join's answer and the replay.
+    pub replay: Option<ReplayLog>,
 }
 
 /// Everything a worker measured.
@@ -517,6 +529,8 @@ fn outcome_of_spec(spec: &ConnSpec) -> ClientOutcome {
         pushes_sent: 0,
         pushes_acked: 0,
         push_errors: 0,
+        node: spec.node,
+        replay: None,
     }
 }
 
@@ -527,6 +541,7 @@ fn outcome_of(client: &mut Client) -> ClientOutcome {
         pushes_sent: client.pushes_sent,
         pushes_acked: client.pushes_acked,
         push_errors: client.push_errors,
+        replay: client.replay.take(),
         ..outcome_of_spec(&client.spec)
     }
 }

@@ -197,3 +197,81 @@ fn several_urls_are_all_used_and_a_split_must_match_them() {
         "{stderr}"
     );
 }
+
+#[test]
+fn recover_without_a_server_fails_at_once_and_writes_nothing() {
+    let url = format!("ws://127.0.0.1:{}/socket/websocket", closed_port());
+    let json =
+        std::env::temp_dir().join(format!("cinder-load-recover-{}.json", std::process::id()));
+    let out = cinder_load(&[
+        "recover",
+        "--url",
+        &url,
+        "--conns",
+        "3",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no client joined"), "{stderr}");
+    assert!(stderr.contains("connect"), "{stderr}");
+    assert!(!json.exists());
+}
+
+#[test]
+fn recover_refuses_settings_that_cannot_work() {
+    let url = format!("ws://127.0.0.1:{}/socket/websocket", closed_port());
+    for (flag, value, complaint) in [
+        ("--messages", "0", "--messages must be at least 1"),
+        ("--batch", "0", "--batch must be at least 1"),
+        (
+            "--publish",
+            "https://x/api/broadcast",
+            "only http:// publish URLs",
+        ),
+        (
+            "--conns",
+            "0",
+            "--conns, --topics and --threads must be at least 1",
+        ),
+        ("--conns", "100000", "needs more file descriptors"),
+    ] {
+        let out = cinder_load(&["recover", "--url", &url, flag, value, "--quiet"]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flag}: {stderr}");
+        assert!(stderr.contains(complaint), "{flag}: {stderr}");
+    }
+    for (flag, value) in [
+        ("--rejoin-after", "3h"),
+        ("--recover-timeout", "soon"),
+        ("--src-ips", "127.0.0.9-127.0.0.2"),
+        ("--watch-pid", "42"),
+    ] {
+        let out = cinder_load(&["recover", flag, value]);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(flag), "{flag}");
+    }
+}
+
+#[test]
+fn recover_is_documented_with_its_defaults() {
+    let out = cinder_load(&["recover", "--help"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    for expected in [
+        "[default: 10000]",
+        "[default: hist:bench]",
+        "[default: 127.0.0.2-127.0.0.9]",
+        "--messages",
+        "--rejoin-after",
+        "--recover-timeout",
+        "next one",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected} missing from\n{stdout}"
+        );
+    }
+}

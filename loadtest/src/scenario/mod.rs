@@ -8,6 +8,7 @@ pub mod connect;
 pub mod fanout;
 pub mod idle;
 pub mod presence;
+pub mod recover;
 pub mod soak;
 pub mod sweep;
 
@@ -61,6 +62,18 @@ pub struct Collected {
 impl Session {
     /// Plans the connections of `args` over its threads and starts them.
     pub fn start(args: &ConnArgs, chat: Option<ChatPlan>, quiet: bool) -> Result<Session, String> {
+        Session::start_with(args, chat, quiet, |_| true)
+    }
+
+    /// [`Session::start`], with `plan` shown each connection's spec before
+    /// it is handed to a worker: it may change it (its node, a history
+    /// join) or leave the connection out by returning `false`.
+    pub fn start_with(
+        args: &ConnArgs,
+        chat: Option<ChatPlan>,
+        quiet: bool,
+        mut plan: impl FnMut(&mut ConnSpec) -> bool,
+    ) -> Result<Session, String> {
         if args.conns == 0 || args.topics == 0 || args.threads == 0 {
             return Err("--conns, --topics and --threads must be at least 1".into());
         }
@@ -119,25 +132,41 @@ impl Session {
                 chat: chat.clone(),
             })
             .collect();
-        for index in 0..args.conns {
+        let mut conns = 0;
+        for (index, &node) in nodes.iter().enumerate() {
             let topic = index % args.topics;
-            plans[index % args.threads].specs.push(ConnSpec {
+            let mut spec = ConnSpec {
                 index,
                 topic,
                 topic_name: topics[topic].clone(),
                 slot: (index / args.topics) as u32,
-                node: nodes[index],
-            });
+                node,
+                history: None,
+            };
+            if plan(&mut spec) {
+                if spec.node >= targets.len() {
+                    return Err(format!(
+                        "connection {index} planned on --url number {} of {}",
+                        spec.node + 1,
+                        targets.len()
+                    ));
+                }
+                plans[conns % args.threads].specs.push(spec);
+                conns += 1;
+            }
+        }
+        if conns == 0 {
+            return Err("no connection left to open".into());
         }
         let shared = Arc::new(Shared::new(args.topics));
         let handles = worker::spawn_workers(plans, &shared);
-        let progress = Progress::start(shared.clone(), args.conns as u64, quiet);
+        let progress = Progress::start(shared.clone(), conns as u64, quiet);
         Ok(Session {
             shared,
             topics,
             target: targets[0].clone(),
             targets,
-            conns: args.conns,
+            conns,
             setup_timeout: args.setup_timeout,
             handles,
             progress,

@@ -322,6 +322,7 @@ impl Loop {
             topic_name: self.plan.other_topics[topic].clone(),
             slot: 0,
             node: 0,
+            history: None,
         }
     }
 

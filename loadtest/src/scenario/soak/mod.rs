@@ -182,6 +182,8 @@ impl SoakReport {
             run: "soak".into(),
             lost: self.summary.lost,
             expected: self.summary.expected,
+            duplicates: 0,
+            out_of_order: 0,
         }]
     }
 
@@ -613,6 +615,7 @@ pub fn run(args: &SoakArgs) -> Result<SoakReport, String> {
                 topic_name: healthy_topics[index % args.topics].clone(),
                 slot: 0,
                 node: 0,
+                history: None,
             })
             .collect();
         let plan = LoopPlan {
