@@ -55,7 +55,7 @@ scenario_args() {
   esac
 }
 
-SCENARIOS="fanout-1000 fanout-10000 batch1-1000"
+SCENARIOS="${SCENARIOS:-fanout-1000 fanout-10000 batch1-1000}"
 for round in $(seq "$ROUNDS"); do
   for scenario in $SCENARIOS; do
     for which in old new; do
