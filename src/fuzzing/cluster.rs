@@ -39,14 +39,18 @@ pub fn cluster_envelope(data: &[u8]) {
     );
     if let Envelope::HistoryBroadcast(broadcast) = &received.envelope {
         // Its position was parsed, so it prints back as a position.
-        let position = broadcast.position().expect("a history broadcast has a position");
+        let position = broadcast
+            .position()
+            .expect("a history broadcast has a position");
         assert_eq!(
             crate::history::Position::parse(&position.to_string()).as_ref(),
             Some(position),
             "a position that does not read back"
         );
     }
-    if let Envelope::Broadcast(broadcast) | Envelope::HistoryBroadcast(broadcast) = &received.envelope {
+    if let Envelope::Broadcast(broadcast) | Envelope::HistoryBroadcast(broadcast) =
+        &received.envelope
+    {
         if let crate::protocol::message::Payload::Json(text) = broadcast.payload() {
             let value: Result<&serde_json::value::RawValue, _> = serde_json::from_slice(text);
             assert!(
