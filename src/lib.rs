@@ -23,6 +23,7 @@
 //! | [`wire`] | the big-endian byte forms one Cinder process writes for another |
 //! | [`presence`] | presence tracking, per-turn diffs and each shard's replica of the state |
 //! | [`config`] | the TOML configuration, defaults and validation |
+//! | [`memory`] | the allocator's thresholds, so memory a burst needed is given back |
 //! | [`metrics`] | per-shard counters |
 //! | [`fuzzing`] | the bodies of the `cargo fuzz` targets in `fuzz/`, replayed on stable by `tests/fuzz_replay.rs` |
 //!
@@ -42,6 +43,7 @@ pub mod history;
 pub mod hooks;
 pub mod limits;
 pub mod longpoll;
+pub mod memory;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;

@@ -128,6 +128,7 @@ fn token(args: TokenArgs) -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    cinder::memory::tune_allocator();
     let filter = match args.log_level.as_deref().map(parse_log_filter).transpose() {
         Ok(filter) => filter,
         Err(e) => {
