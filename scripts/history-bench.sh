@@ -31,7 +31,8 @@
 # Env: HISTORY_BENCH_WINDOWS (3), RECOVER_CONNS (10000), RECOVER_MESSAGES (100),
 #      RECOVER_REJOIN_AFTER (two nodes: pause between the last publish and the
 #      storm, default 0s), RUN_TIMEOUT (seconds one cinder-load run may take,
-#      default 300), HISTORY_BENCH_OUT (docs/history-bench), FIXED_RATE (50)
+#      default 300), HISTORY_BENCH_OUT (docs/history-bench), FIXED_RATE (50),
+#      ONLY (a space-separated list of runs to do, e.g. "fanout-2-hist fanout-2-plain")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-3}"
@@ -216,6 +217,9 @@ for round in $(seq "$ROUNDS"); do
       fixed-1-plain fixed-1-hist fixed-2-plain fixed-2-hist recover-2 recover-1)
   fi
   for name in "${order[@]}"; do
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then
+      continue
+    fi
     measure "$round" "$name"
   done
 done
