@@ -246,9 +246,19 @@ impl Shard {
         if self.distributor.cluster().is_some() {
             return self.recovery_ask_in_cluster(ask, retention, now);
         }
+        let recovery = self.recovery_from_log(&ask, retention);
+        self.answer_recovery(ask.shard, ask.ticket, recovery, now);
+    }
+
+    /// What the topic's log (made if there is none) tells a join.
+    pub(super) fn recovery_from_log(
+        &mut self,
+        ask: &RecoveryAsk,
+        retention: Retention,
+    ) -> Recovery {
         let now_ms = unix_ms();
         let log = self.history.store.log(&ask.topic, now_ms);
-        let recovery = match &ask.recover {
+        match &ask.recover {
             RecoverFrom::Nothing => log.recover(None, retention, now_ms),
             RecoverFrom::Position(since) => log.recover(Some(since), retention, now_ms),
             RecoverFrom::Unknown => Recovery {
@@ -256,8 +266,7 @@ impl Shard {
                 outcome: Some(Err(RecoveryFailure::Invalid)),
                 replay: Vec::new(),
             },
-        };
-        self.answer_recovery(ask.shard, ask.ticket, recovery, now);
+        }
     }
 
     /// Sends an owner's answer to the asking shard (this one at once).

@@ -126,17 +126,7 @@ impl Shard {
     }
 
     fn answer_from_mirror(&mut self, ask: RecoveryAsk, retention: Retention, now: Instant) {
-        let now_ms = unix_ms();
-        let log = self.history.store.log(&ask.topic, now_ms);
-        let recovery = match &ask.recover {
-            RecoverFrom::Nothing => log.recover(None, retention, now_ms),
-            RecoverFrom::Position(since) => log.recover(Some(since), retention, now_ms),
-            RecoverFrom::Unknown => Recovery {
-                position: log.position(),
-                outcome: Some(Err(RecoveryFailure::Invalid)),
-                replay: Vec::new(),
-            },
-        };
+        let recovery = self.recovery_from_log(&ask, retention);
         self.answer_recovery(ask.shard, ask.ticket, recovery, now);
     }
 
