@@ -50,58 +50,8 @@ HISTORY=$((RECOVER_MESSAGES > 100 ? RECOVER_MESSAGES : 100))
 cargo build --release -p cinder -p cinder-load
 SERVER=target/release/cinder
 LOAD=target/release/cinder-load
-command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 1; }
-ulimit -n "$(ulimit -Hn)"
-
-mkdir -p "$OUT/raw"
-rm -f "$OUT"/raw/*.json
-LOG="$OUT/run.log"
-: > "$LOG"
-WORK="$(mktemp -d)"
-
-# A free loopback TCP port (never Redis's usual 6379, a shared service here).
-free_port() {
-  local port
-  while :; do
-    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-    [ "$port" != 6379 ] && { echo "$port"; return; }
-  done
-}
-
-# Every process this script started, by PID; only these are ever stopped.
-REDIS_PID=""
-NODE_PIDS=()
-stop_nodes() {
-  local pid
-  for pid in "${NODE_PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${NODE_PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  NODE_PIDS=()
-}
-cleanup() {
-  stop_nodes
-  if [ -n "$REDIS_PID" ]; then
-    kill -TERM "$REDIS_PID" 2>/dev/null || true
-    wait "$REDIS_PID" 2>/dev/null || true
-  fi
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-REDIS_PORT="$(free_port)"
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-  --dir "$WORK" --logfile "$WORK/redis.log" &
-REDIS_PID=$!
-for _ in $(seq 50); do
-  redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && break
-  sleep 0.1
-done
-redis-cli -p "$REDIS_PORT" ping | grep -q PONG || { echo "redis-server did not start" >&2; exit 1; }
-REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+# shellcheck source=lib/private-redis.sh
+source scripts/lib/private-redis.sh
 
 # History on `hist:*`, none on everything else. Long-poll stays on, as by
 # default, so every node needs the same secret.
