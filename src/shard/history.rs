@@ -22,7 +22,7 @@
 //! | [`Shard::publish_history`] | a broadcast to a history topic is published on this shard |
 //! | [`Shard::hold_for_history`] | a join of a history topic reaches its subscription |
 //! | `ShardMessage::Sequence` / `RecoveryAsk` / `RecoveryAnswer` | the inbox |
-//! | [`Shard::history_tick`] | expiry, gauges |
+//! | [`Shard::history_tick`] | expiry, gauges, stream reads that took too long |
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -365,10 +365,11 @@ impl Shard {
     }
 
     /// Expires old broadcasts and idle logs; refreshes the gauges.
-    pub(super) fn history_tick(&mut self) {
+    pub(super) fn history_tick(&mut self, now: Instant) {
         if !self.history.enabled {
             return;
         }
+        self.stream_reads_tick(now);
         let routes = &self.config.routes;
         self.history
             .store

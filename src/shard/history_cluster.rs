@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::channels::unix_ms;
 use super::history::{channel_error, RecoveryAsk};
@@ -55,9 +55,16 @@ pub struct HistoryRead {
     pub stream: Result<StreamRead, String>,
 }
 
+/// How long a read of a stream may take before what waits for it is
+/// answered as if Redis were down (a bus that does not answer must not
+/// hang joins: its thread may be gone).
+const READ_WAIT_MAX: Duration = Duration::from_secs(3);
+
 /// A read of one topic in flight, and what waits for it.
 #[derive(Debug, Default)]
 struct Reading {
+    /// When the read was asked for (`None` until then).
+    since: Option<Instant>,
     /// Broadcasts that arrived meanwhile, in arrival order.
     queued: Vec<Arc<Broadcast>>,
     /// Joins to answer once the mirror is up to date.
@@ -147,6 +154,7 @@ impl Shard {
             .or_default();
         reading.queued.extend(broadcast);
         reading.asks.extend(ask);
+        reading.since.get_or_insert_with(Instant::now);
         if started {
             match self.distributor.cluster() {
                 Some(cluster) => cluster.read_history(&topic, self.peers[self.id].clone()),
@@ -168,6 +176,25 @@ impl Shard {
         self.read_stream(topic.clone(), None, None);
         if let Some(reading) = self.history.mirrors.reading.get_mut(&topic) {
             reading.api.push(request);
+        }
+    }
+
+    /// Reads that took too long end as failed reads.
+    pub(super) fn stream_reads_tick(&mut self, now: Instant) {
+        let late: Vec<String> = self
+            .history
+            .mirrors
+            .reading
+            .iter()
+            .filter(|(_, r)| {
+                r.since
+                    .is_some_and(|since| now.saturating_duration_since(since) >= READ_WAIT_MAX)
+            })
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        for topic in late {
+            let stream = Err("the bus did not answer".to_string());
+            self.on_history_read(HistoryRead { topic, stream }, now);
         }
     }
 

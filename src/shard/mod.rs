@@ -324,7 +324,7 @@ impl Shard {
         self.longpoll_tick(now);
         self.forwarding_tick(now);
         self.subscriptions_tick(now);
-        self.history_tick();
+        self.history_tick(now);
     }
 
     /// Routes the inbox's messages to the components they belong to.
