@@ -16,6 +16,7 @@
 //! | [`connect`] | who may connect (the stand-in for Phoenix's `connect/3`) |
 //! | [`auth`] | JSON Web Tokens: verification for the `jwt` connect policy, minting for `cinder token` |
 //! | [`hooks`] | backend hooks: connect, join and client event decisions by HTTP, on a worker pool |
+//! | [`lifecycle`] | lifecycle webhooks: leave and disconnect events, batched and delivered to the backend |
 //! | [`limits`] | token buckets: client events per connection, accepts per shard |
 //! | [`longpoll`] | the long-poll transport: session tokens, the HTTP exchange, buffered messages |
 //! | [`history`] | topic history: positions, each topic's retained broadcasts, recovery on rejoin |
@@ -41,6 +42,7 @@ pub mod fanout;
 pub mod fuzzing;
 pub mod history;
 pub mod hooks;
+pub mod lifecycle;
 pub mod limits;
 pub mod longpoll;
 pub mod memory;

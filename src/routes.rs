@@ -161,6 +161,9 @@ pub struct Route {
     /// Topic history, when the route has `history > 0`: its topics'
     /// broadcasts get positions and are kept for recovery.
     pub history: Option<Retention>,
+    /// Whether the backend hears lifecycle events of the route's topics
+    /// (`lifecycle`; default: when the route's policies use the webhook).
+    pub lifecycle: bool,
 }
 
 /// How a presence-enabled route tracks its joined clients.
@@ -243,6 +246,7 @@ impl Routes {
             events: None,
             presence: None,
             history: None,
+            lifecycle: false,
         }])
     }
 
@@ -302,6 +306,7 @@ pub(crate) fn plain_route(
         events: None,
         presence: None,
         history: None,
+        lifecycle: false,
     }
 }
 

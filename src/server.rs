@@ -26,6 +26,7 @@ use crate::cluster::bus::{self, BusError, BusSetup, BusThread};
 use crate::config::Config;
 use crate::fanout::broadcast::NodeId;
 use crate::hooks::HookPool;
+use crate::lifecycle::delivery::{self, DeliveryConfig, DeliveryThread};
 use crate::longpoll::random_bytes;
 use crate::longpoll::token::TokenSigner;
 use crate::metrics::ShardMetrics;
@@ -84,6 +85,10 @@ pub struct ServerHandle {
     threads: Vec<JoinHandle<io::Result<()>>>,
     /// The cluster bus, when `[cluster]` is on.
     bus: Option<BusThread>,
+    /// The lifecycle events' delivery thread, when events are on.
+    events: Option<DeliveryThread>,
+    /// How long the events' delivery may take at shutdown.
+    shutdown_timeout: std::time::Duration,
 }
 
 impl ServerHandle {
@@ -120,6 +125,11 @@ impl ServerHandle {
                 Ok(Err(e)) => result = Err(e),
                 Err(_) => result = Err(io::Error::other("a shard thread panicked")),
             }
+        }
+        // The shards are gone: every event they made is queued. Deliver
+        // what is pending within the shutdown timeout.
+        if let Some(events) = self.events {
+            events.stop(std::time::Instant::now() + self.shutdown_timeout);
         }
         if let Some(bus) = self.bus {
             bus.stop();
@@ -223,6 +233,37 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         false => (None, None),
     };
 
+    // Lifecycle events: one delivery thread, one queue per shard, when the
+    // backend asked for events and some route has `lifecycle`.
+    let events_wanted = config.webhook.url.is_some()
+        && !config.webhook.events.is_empty()
+        && config.routes.iter().any(|r| r.lifecycle);
+    let (mut producers, events_thread) = if events_wanted {
+        let url = config
+            .webhook
+            .url
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/');
+        let delivery = DeliveryConfig {
+            url: format!("{url}/events"),
+            secret: config.webhook.secret.clone(),
+            batch_ms: config.webhook.events_batch_ms,
+            max_batch: config.webhook.events_max_batch,
+            queue: config.webhook.events_queue,
+            timeout_ms: config.webhook.timeout_ms,
+        };
+        let (producers, thread, metrics) =
+            delivery::spawn(delivery, shards).map_err(StartError::Hooks)?;
+        let producers: Vec<_> = producers
+            .into_iter()
+            .map(|p| Some((p, metrics.clone())))
+            .collect();
+        (producers, Some(thread))
+    } else {
+        ((0..shards).map(|_| None).collect(), None)
+    };
+
     let mut threads = Vec::with_capacity(shards);
     for (id, ((poll, listener), receiver)) in
         polls.into_iter().zip(listeners).zip(receivers).enumerate()
@@ -239,6 +280,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             signer: signer.clone(),
             instance,
             cluster: cluster.clone(),
+            events: producers[id].take(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("cinder-shard-{id}"))
@@ -287,6 +329,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         inboxes,
         threads,
         bus,
+        events: events_thread,
+        shutdown_timeout: config.shutdown_timeout(),
     })
 }
 

@@ -28,6 +28,9 @@ pub(super) struct RouteEntry {
     /// Age after which a kept broadcast is dropped.
     #[serde(default)]
     history_ttl_ms: Option<u64>,
+    /// Whether the backend hears this route's lifecycle events.
+    #[serde(default)]
+    lifecycle: Option<bool>,
 }
 
 /// `history_ttl_ms` when a history route does not set it: five minutes.
@@ -98,13 +101,16 @@ impl RouteEntry {
             count: self.history,
             ttl_ms,
         });
-        Ok(Route {
+        let mut route = Route {
             pattern,
             join: self.join,
             client_events: self.client_events,
             events: self.events,
             presence,
             history,
-        })
+            lifecycle: false,
+        };
+        route.lifecycle = self.lifecycle.unwrap_or_else(|| route.uses_webhook());
+        Ok(route)
     }
 }

@@ -51,6 +51,14 @@ impl Config {
         self.cluster
             .validate()
             .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+        if self.webhook.url.is_none() {
+            if let Some(i) = self.routes.iter().position(|r| r.lifecycle) {
+                return Err(ConfigError::invalid(
+                    format!("channel[{i}].lifecycle"),
+                    "needs webhook.url (events go to {url}/events)",
+                ));
+            }
+        }
         self.history
             .validate()
             .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;

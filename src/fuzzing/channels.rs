@@ -371,7 +371,7 @@ impl ChannelHarness {
                 self.set.set_slot(topic, slot);
                 self.joined.insert(topic.clone(), (slot, instance.clone()));
             }
-            Action::Unsubscribe { topic, slot } => {
+            Action::Unsubscribe { topic, slot, .. } => {
                 let Some((held, _)) = self.joined.remove(topic) else {
                     panic!("unsubscribed from {topic}, which was not subscribed");
                 };
@@ -445,7 +445,8 @@ impl ChannelHarness {
 
     /// The connection ends: every subscription comes back exactly once.
     fn disconnect(mut self) -> ChannelHarness {
-        let mut returned: Vec<(String, SubscriptionSlot)> = self.set.close_all().collect();
+        let mut returned: Vec<(String, SubscriptionSlot)> =
+            self.set.close_all().map(|(t, s, _)| (t, s)).collect();
         returned.sort_by(|a, b| a.0.cmp(&b.0));
         let mut held: Vec<(String, SubscriptionSlot)> = self
             .joined

@@ -10,6 +10,7 @@
 pub mod pool;
 
 use crate::config::config_section;
+use crate::lifecycle::event::{EventKind, EventSet};
 
 pub use pool::{HookFailure, HookOutcome, HookPool, HookRequest};
 
@@ -35,6 +36,17 @@ config_section! {
             "user-agent".into(),
             "x-forwarded-for".into(),
         ],
+        /// Lifecycle events sent to `{url}/events` (for routes with
+        /// `lifecycle`): any of `leave`, `disconnect`, `channel_occupied`,
+        /// `channel_vacated`, `member_added`, `member_removed`.
+        pub events: Vec<String> = EventKind::ALL.iter().map(|k| k.as_str().to_string()).collect(),
+        /// Events are delivered in batches, at most this late.
+        pub events_batch_ms: u64 = 250,
+        /// Most events in one batch.
+        pub events_max_batch: usize = 500,
+        /// Events waiting for delivery, all shards together; beyond it new
+        /// ones are dropped (counted, logged once per episode).
+        pub events_queue: usize = 100_000,
     }
 }
 
@@ -55,7 +67,35 @@ impl HooksConfig {
         if self.queue_size == 0 {
             return Err(("webhook.queue_size", "must be at least 1".into()));
         }
+        if let Some(unknown) = self.events.iter().find(|e| EventKind::parse(e).is_none()) {
+            return Err((
+                "webhook.events",
+                format!(
+                    "{unknown:?} is not an event (leave, disconnect, channel_occupied, channel_vacated, member_added, member_removed)"
+                ),
+            ));
+        }
+        if !(1..=60_000).contains(&self.events_batch_ms) {
+            return Err((
+                "webhook.events_batch_ms",
+                "must be between 1 and 60000".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.events_max_batch) {
+            return Err((
+                "webhook.events_max_batch",
+                "must be between 1 and 10000".into(),
+            ));
+        }
+        if self.events_queue == 0 {
+            return Err(("webhook.events_queue", "must be at least 1".into()));
+        }
         Ok(())
+    }
+
+    /// The lifecycle events asked for.
+    pub fn event_set(&self) -> EventSet {
+        EventSet::of(self.events.iter().filter_map(|e| EventKind::parse(e)))
     }
 }
 

@@ -70,12 +70,15 @@ pub enum Action {
         /// without history).
         recover: RecoverFrom,
     },
-    /// Drop this connection's subscription.
+    /// Drop this connection's subscription: the channel instance
+    /// `join_ref` ended (left, or replaced by a new join).
     Unsubscribe {
         /// The topic left.
         topic: String,
         /// Where the subscription sits in the topic's set.
         slot: SubscriptionSlot,
+        /// The instance that ended.
+        join_ref: RawJson,
     },
     /// Publish a broadcast (from a client event) to every subscriber on every shard.
     Publish {
@@ -268,11 +271,11 @@ impl ChannelSet {
     }
 
     /// Removes every channel silently (the connection is gone),
-    /// returning the subscriptions to drop.
-    pub fn close_all(&mut self) -> impl Iterator<Item = (String, SubscriptionSlot)> + '_ {
+    /// returning the subscriptions to drop with their instances' join_refs.
+    pub fn close_all(&mut self) -> impl Iterator<Item = (String, SubscriptionSlot, RawJson)> + '_ {
         self.channels
             .drain(..)
-            .filter_map(|c| c.slot.map(|slot| (c.topic, slot)))
+            .filter_map(|c| c.slot.map(|slot| (c.topic, slot, c.join_ref)))
     }
 
     /// Handles one client message; `out` receives the actions in execution
@@ -320,6 +323,7 @@ impl ChannelSet {
                     out.push(Action::Unsubscribe {
                         topic: channel.topic,
                         slot,
+                        join_ref: join_ref.clone(),
                     });
                 }
                 out.push(reply(join_ref.clone(), &msg, OK_EMPTY));
@@ -475,6 +479,7 @@ impl ChannelSet {
                     out.push(Action::Unsubscribe {
                         topic: old.topic.clone(),
                         slot,
+                        join_ref: old.join_ref.clone(),
                     });
                 }
                 old.join_ref

@@ -319,7 +319,7 @@ fn non_string_topic_and_event() {
 #[test]
 fn close_all_returns_every_subscription() {
     let mut set = joined(&["1 1 room:1 phx_join {}", "2 2 room:2 phx_join {}"]);
-    let mut topics: Vec<String> = set.close_all().map(|(t, _)| t).collect();
+    let mut topics: Vec<String> = set.close_all().map(|(t, _, _)| t).collect();
     topics.sort();
     assert_eq!(topics, ["room:1", "room:2"]);
     assert!(set.is_empty());

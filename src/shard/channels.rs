@@ -16,6 +16,7 @@ use crate::fanout::broadcast::{Broadcast, Content};
 use crate::fanout::deliver::{deliver, Queued};
 use crate::fanout::frame::FrameKind;
 use crate::fanout::topics::{ClientId, SubscriptionSlot};
+use crate::lifecycle::event::EndReason;
 use crate::limits::Verdict;
 use crate::metrics::ShardMetrics;
 use crate::protocol::channels::{Action, ChannelSet, Outgoing};
@@ -136,12 +137,18 @@ impl Shard {
                     client.session.channels.set_slot(&topic, slot);
                 }
                 ShardMetrics::add(&self.metrics().channels, 1);
+                self.note_lifecycle_join(id, &topic);
             }
-            Action::Unsubscribe { topic, slot } => {
+            Action::Unsubscribe {
+                topic,
+                slot,
+                join_ref,
+            } => {
                 let Some(kind) = self.clients.get(id).map(|c| c.session.frame_kind()) else {
                     return;
                 };
                 self.unsubscribe(id, &topic, kind, slot);
+                self.live_channel_ended(id, &topic, &join_ref, EndReason::Leave);
             }
             Action::Track(join) => self.track_presence(id, join, now),
             Action::UpdatePresence(update) => self.update_presence(id, update, now),
@@ -251,13 +258,18 @@ impl Shard {
     }
 
     /// Removes a client that is going away: its channels end silently (as
-    /// in Phoenix), its subscriptions and presences go.
+    /// in Phoenix), its subscriptions and presences go; the backend hears a
+    /// `leave` per channel and then a `disconnect` (`lifecycle.rs`).
     pub(super) fn drop_client(&mut self, id: ClientId) -> Option<super::clients::Client> {
         let mut client = self.clients.remove(id)?;
         let kind = client.session.frame_kind();
-        for (topic, slot) in client.session.channels.close_all() {
+        let reason = client.session.ending.unwrap_or(EndReason::Closed);
+        let closed: Vec<_> = client.session.channels.close_all().collect();
+        for (topic, slot, join_ref) in closed {
             self.unsubscribe(id, &topic, kind, slot);
+            self.channel_ended(client.session.identity(), &topic, &join_ref, reason);
         }
+        self.client_ended(&client.session, reason);
         Some(client)
     }
 
@@ -300,6 +312,7 @@ impl Shard {
             .map(|(id, _)| id)
             .collect();
         for id in named {
+            self.mark_ending(id, EndReason::ForcedDisconnect);
             self.close_client(id, CLOSE_GOING_AWAY, "disconnected", now);
         }
     }

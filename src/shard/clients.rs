@@ -14,6 +14,7 @@ use crate::connect::Identity;
 use crate::fanout::deliver::{FrameSinks, Queued};
 use crate::fanout::frame::{EncodedFrame, FrameKind};
 use crate::fanout::topics::ClientId;
+use crate::lifecycle::event::EndReason;
 use crate::limits::EventLimiter;
 use crate::longpoll::session::LongPollSession;
 use crate::protocol::channels::ChannelSet;
@@ -39,6 +40,12 @@ pub struct ClientSession {
     pub identity: Option<Box<Identity>>,
     /// The client event rate limit, when configured.
     pub limiter: Option<EventLimiter>,
+    /// Why the client is going away, once something decided it (its
+    /// `leave` and `disconnect` events say so); `closed` when unset.
+    pub ending: Option<EndReason>,
+    /// Whether it joined a topic whose route has `lifecycle` (then its end
+    /// is a `disconnect` event).
+    pub lifecycle: bool,
 }
 
 impl ClientSession {

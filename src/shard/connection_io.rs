@@ -198,6 +198,7 @@ impl Shard {
         }
         for client in expired_ws {
             ShardMetrics::add(&self.metrics().idle_closes, 1);
+            self.mark_ending(client, crate::lifecycle::event::EndReason::Timeout);
             // Not 1000: JS clients before 1.8.16 reconnect only after other codes.
             self.close_client(client, websocket::CLOSE_GOING_AWAY, "idle timeout", now);
         }

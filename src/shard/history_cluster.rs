@@ -437,6 +437,12 @@ impl Shard {
             };
             if let Some(slot) = slot {
                 self.unsubscribe(client, topic, kind, slot);
+                self.live_channel_ended(
+                    client,
+                    topic,
+                    &join_ref,
+                    crate::lifecycle::event::EndReason::Closed,
+                );
             }
             self.send_message(client, &channel_error(join_ref, topic), now);
         }

@@ -193,6 +193,7 @@ impl ApiHost for ApiOnShard<'_> {
 
     fn metrics_text(&self) -> String {
         let mut text = crate::metrics::render_prometheus(&self.shard.metrics);
+        self.shard.lifecycle_metrics(&mut text);
         if let Some(cluster) = self.shard.distributor.cluster() {
             cluster.status().render_prometheus(&mut text);
         }

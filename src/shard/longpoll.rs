@@ -389,6 +389,7 @@ impl Shard {
     /// ended like a slow WebSocket (its next poll gets `410`).
     pub(super) fn end_slow_session(&mut self, id: ClientId, now: Instant) {
         ShardMetrics::add(&self.metrics().slow_consumer_closes, 1);
+        self.mark_ending(id, crate::lifecycle::event::EndReason::SlowConsumer);
         self.end_session(id, "slow consumer", now);
     }
 
@@ -430,6 +431,7 @@ impl Shard {
                 }
             }
             if due.expired {
+                self.mark_ending(id, crate::lifecycle::event::EndReason::Timeout);
                 self.end_session(id, "session expired", now);
             } else if due.slow {
                 self.end_slow_session(id, now);

@@ -33,6 +33,7 @@
 //! | [`forward`] | long-poll requests forwarded to and from other nodes | `Forwarded`, `ForwardAnswer` | — | `504` for unanswered forwards |
 //! | [`presence`] | tracked presences, the replica | `Presence` | diffs out, states to joiners | — |
 //! | [`hooks`] | the hook pool | `Hook` | — | — |
+//! | [`lifecycle`] | the queue to the events' delivery thread | — | — | — |
 //! | [`history`] (+ [`history_cluster`]) | owned topics' histories, joins waiting for their position | `Sequence`, `RecoveryAsk`, `RecoveryAnswer`, `Sequenced`, `HistoryRead` | — | expire histories |
 
 pub mod channels;
@@ -47,6 +48,7 @@ pub mod history_cluster;
 pub mod hooks;
 mod http;
 pub mod inbox;
+pub mod lifecycle;
 pub mod longpoll;
 pub mod outbox;
 pub mod presence;
@@ -125,6 +127,12 @@ pub struct ShardSetup {
     pub instance: u64,
     /// The cluster bus, when `[cluster]` is on.
     pub cluster: Option<crate::cluster::ClusterHandle>,
+    /// This shard's queue to the lifecycle events' delivery thread, and
+    /// its counters, when events are on.
+    pub events: Option<(
+        crate::lifecycle::delivery::EventProducer,
+        Arc<crate::lifecycle::delivery::EventMetrics>,
+    )>,
 }
 
 /// Buffers reused every turn, so the hot path does not allocate.
@@ -177,6 +185,8 @@ pub struct Shard {
     awaited: subscriptions::AwaitedTopics,
     /// Component: topic histories and recovering joins.
     history: history::ShardHistory,
+    /// Component: lifecycle events for the backend.
+    lifecycle: lifecycle::ShardLifecycle,
 }
 
 impl Shard {
@@ -194,6 +204,7 @@ impl Shard {
             signer,
             instance,
             cluster,
+            events,
         } = setup;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -204,6 +215,8 @@ impl Shard {
             burst: config.socket.client_events_burst,
         });
         let own_inbox = peers[id].clone();
+        let lifecycle =
+            lifecycle::ShardLifecycle::new(events, config.webhook.event_set(), instance, id);
         let history = history::ShardHistory::new(
             config.routes.any_history(),
             config.history.memory_limit,
@@ -245,6 +258,7 @@ impl Shard {
             ),
             awaited: subscriptions::AwaitedTopics::default(),
             history,
+            lifecycle,
         })
     }
 
@@ -423,6 +437,7 @@ impl Shard {
         self.stop_deadline = Some(now + self.config.shutdown_timeout());
         let clients: Vec<ClientId> = self.clients.iter().map(|(id, _)| id).collect();
         for client in clients {
+            self.mark_ending(client, crate::lifecycle::event::EndReason::Shutdown);
             self.close_client(
                 client,
                 websocket::CLOSE_SERVICE_RESTART,

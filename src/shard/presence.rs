@@ -29,7 +29,7 @@ use crate::metrics::ShardMetrics;
 use crate::presence::state::PresenceReplica;
 use crate::presence::tracker::{LocalPresence, MetaLimits, UpdateError};
 use crate::presence::{presence_key, MetaError, PresenceSync, RefMinter};
-use crate::protocol::channels::{reply_payload, Action, Outgoing, PresenceJoin, PresenceUpdate};
+use crate::protocol::channels::{reply_payload, Outgoing, PresenceJoin, PresenceUpdate};
 use crate::protocol::message::{Name, Payload, RawJson};
 
 /// A joiner waiting for its `presence_state` until the turn's diffs are out.
@@ -137,12 +137,10 @@ impl Shard {
             .clients
             .get_mut(id)
             .and_then(|c| c.session.channels.undo_join(&join.topic, &join.join_ref));
-        if let Some(slot) = slot {
-            let mut actions = vec![Action::Unsubscribe {
-                topic: join.topic,
-                slot,
-            }];
-            self.apply_all(id, &mut actions, now);
+        let kind = self.clients.get(id).map(|c| c.session.frame_kind());
+        if let (Some(slot), Some(kind)) = (slot, kind) {
+            // Not a `leave` for the backend: the join never succeeded.
+            self.unsubscribe(id, &join.topic, kind, slot);
         }
         let reply = Outgoing {
             payload: Cow::Owned(reply_payload("error", refusal(error))),

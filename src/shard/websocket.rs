@@ -159,6 +159,8 @@ impl Shard {
             limiter: self
                 .event_limit
                 .map(|limit| EventLimiter::new(limit, self.clock_ms(now))),
+            ending: None,
+            lifecycle: false,
         }
     }
 
@@ -307,6 +309,12 @@ impl Shard {
         if conn.is_closing() {
             return;
         }
+        if let Some(client) = conn.client() {
+            self.mark_ending(client, crate::lifecycle::event::EndReason::SlowConsumer);
+        }
+        let Some(conn) = self.connections.get_mut(key) else {
+            return;
+        };
         conn.outbox.discard_unstarted();
         conn.outbox
             .push_owned(&close_frame(CLOSE_SLOW_CONSUMER, "slow consumer"));

@@ -14,7 +14,13 @@ pub type Call = (String, serde_json::Value, String);
 
 /// Starts a backend; returns its base URL and a channel of its calls.
 pub fn backend(handler: Handler) -> (String, mpsc::Receiver<Call>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    backend_on(0, handler)
+}
+
+/// [`backend`] on a given port (0: any free one), e.g. to bring a backend
+/// up where one was down.
+pub fn backend_on(port: u16, handler: Handler) -> (String, mpsc::Receiver<Call>) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
     let url = format!("http://{}/hooks", listener.local_addr().unwrap());
     let (seen, calls) = mpsc::channel();
     std::thread::spawn(move || {

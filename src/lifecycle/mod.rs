@@ -1,0 +1,18 @@
+//! Lifecycle webhooks: the backend hears when channels and connections end.
+//!
+//! | file | what lives there |
+//! | --- | --- |
+//! | [`event`] | the events, their reasons and JSON form, unique ids |
+//! | [`batch`] | batching and retry timing of deliveries (sans-IO) |
+//! | [`delivery`] | the delivery thread: bounded queues per shard, batches, retries, signatures |
+//!
+//! Shards produce events without blocking (`shard/lifecycle.rs`): each
+//! pushes the event's JSON into its own bounded queue; one thread batches
+//! them and `POST`s `{"events":[…]}` to `{webhook.url}/events`, retrying
+//! with backoff (at least once, in each shard's order). A slow or dead
+//! backend costs the fan-out nothing: a full queue drops new events,
+//! counted and logged once per episode.
+
+pub mod batch;
+pub mod delivery;
+pub mod event;

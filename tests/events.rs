@@ -1,0 +1,198 @@
+//! Lifecycle events against a real HTTP backend started by the test: every
+//! way a channel or a connection ends produces its `leave` and
+//! `disconnect`, with the right fields, in order, each id once.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use cinder::auth::{mint_hs256, now_secs, Claims};
+use common::backend::{backend, backend_on, Call};
+use common::{Client, TestServer, WAIT};
+use serde_json::{json, Value};
+
+fn ok(path: &str, _: &Value) -> (u16, String, Duration) {
+    match path {
+        "/hooks/events" => (200, "{}".into(), Duration::ZERO),
+        _ => (404, "{}".into(), Duration::ZERO),
+    }
+}
+
+fn server(url: &str, extra: &str) -> TestServer {
+    TestServer::start(&format!(
+        "[webhook]\nurl = \"{url}\"\nsecret = \"s3cret-for-events\"\nevents_batch_ms = 20\n{extra}\n\
+         [[channel]]\npattern = \"game:*\"\njoin = \"public\"\nlifecycle = true\n"
+    ))
+}
+
+/// The next `count` events the backend received (in delivery order).
+fn events(calls: &Receiver<Call>, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while got.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (path, body, _) = calls
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("only {} of {count} events: {got:?}", got.len()));
+        assert_eq!(path, "/hooks/events");
+        got.extend(body["events"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(got.len(), count, "more events than expected: {got:?}");
+    got
+}
+
+/// What an event says, without its id and time.
+fn shape(event: &Value) -> Value {
+    let mut event = event.clone();
+    let object = event.as_object_mut().unwrap();
+    assert!(object.remove("id").unwrap().is_string());
+    assert!(object.remove("time_ms").unwrap().as_u64().unwrap() > 1_700_000_000_000);
+    event
+}
+
+/// A process-wide counter (no shard label) from `/metrics`.
+fn counter(server: &TestServer, name: &str) -> u64 {
+    let (_, body) = server.http("GET /metrics HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+fn join(client: &mut Client, topic: &str, r: &str) {
+    client.join(topic, r);
+}
+
+#[test]
+fn leave_replace_and_close_each_tell_the_backend_once() {
+    let (url, calls) = backend(ok);
+    let server = server(&url, "");
+    let mut client = server.connect();
+    join(&mut client, "game:1", "1");
+    join(&mut client, "room:plain", "2"); // no lifecycle on this route
+    client.send(r#"["1","3","game:1","phx_leave",{}]"#);
+    client.recv_json();
+    client.recv_json();
+    let left = events(&calls, 1);
+    assert_eq!(
+        shape(&left[0]),
+        json!({"type":"leave","topic":"game:1","join_ref":"1","reason":"leave"})
+    );
+    join(&mut client, "game:1", "4");
+    client.send(r#"["5","5","game:1","phx_join",{}]"#); // replaces instance 4
+    client.recv_json();
+    client.recv_json();
+    let replaced = events(&calls, 1);
+    assert_eq!(shape(&replaced[0])["join_ref"], "4");
+    assert_eq!(shape(&replaced[0])["reason"], "leave");
+    drop(client);
+    let closed = events(&calls, 2);
+    assert_eq!(
+        shape(&closed[0]),
+        json!({"type":"leave","topic":"game:1","join_ref":"5","reason":"closed"})
+    );
+    assert_eq!(
+        shape(&closed[1]),
+        json!({"type":"disconnect","reason":"closed"})
+    );
+    let ids: HashSet<String> = left
+        .iter()
+        .chain(&replaced)
+        .chain(&closed)
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 4, "every event has its own id");
+    assert!(counter(&server, "cinder_events_delivered_total") >= 4);
+}
+
+fn token(sub: &str) -> String {
+    let claims = Claims {
+        sub: sub.into(),
+        channels: None,
+        exp: Some(now_secs() + 600),
+        nbf: None,
+        iat: None,
+    };
+    mint_hs256("dev-secret", &claims)
+}
+
+#[test]
+fn forced_disconnect_idle_timeout_and_shutdown_say_why() {
+    let (url, calls) = backend(ok);
+    let server = server(
+        &url,
+        "[socket]\nidle_timeout_ms = 1000\n[socket.auth]\nmode = \"jwt\"\nsecret = \"dev-secret\"\n",
+    );
+    let connect = |user: &str| {
+        Client::connect(&format!(
+            "{}&token={}",
+            server.ws_url(Some("2.0.0")),
+            token(user)
+        ))
+    };
+    let mut forced = connect("alice");
+    join(&mut forced, "game:f", "1");
+    let (status, _) = server.http(
+        "POST /api/disconnect HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
+         content-length: 19\r\nconnection: close\r\n\r\n{\"user_id\":\"alice\"}",
+    );
+    assert_eq!(status, 200);
+    let got = events(&calls, 2);
+    assert_eq!(
+        shape(&got[0]),
+        json!({"type":"leave","topic":"game:f","join_ref":"1","reason":"forced_disconnect",
+               "user_id":"alice","socket_id":"user_socket:alice"})
+    );
+    assert_eq!(
+        shape(&got[1]),
+        json!({"type":"disconnect","reason":"forced_disconnect","user_id":"alice","socket_id":"user_socket:alice"})
+    );
+    // Bob says nothing for a second: closed by the idle timeout. Carol
+    // keeps talking and stays.
+    let mut idle = connect("bob");
+    join(&mut idle, "game:i", "1");
+    let mut talking = connect("carol");
+    join(&mut talking, "game:t", "1");
+    let deadline = Instant::now() + Duration::from_millis(1800);
+    while Instant::now() < deadline {
+        talking.sync("hb");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let timed_out = events(&calls, 2);
+    assert_eq!(shape(&timed_out[0])["reason"], "timeout");
+    assert_eq!(shape(&timed_out[0])["user_id"], "bob");
+    assert_eq!(shape(&timed_out[1])["type"], "disconnect");
+    assert_eq!(shape(&timed_out[1])["reason"], "timeout");
+    // Shutdown: the last events are delivered before the server is gone.
+    server.stop();
+    let shutdown = events(&calls, 2);
+    assert_eq!(shape(&shutdown[0])["reason"], "shutdown");
+    assert_eq!(shape(&shutdown[0])["user_id"], "carol");
+    assert_eq!(shape(&shutdown[1])["reason"], "shutdown");
+    drop((idle, talking));
+}
+
+#[test]
+fn a_backend_that_is_down_for_a_while_gets_every_event_later() {
+    // A port nobody listens on yet.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let server = server(&format!("http://127.0.0.1:{port}/hooks"), "");
+    for n in 0..5 {
+        let mut client = server.connect();
+        join(&mut client, &format!("game:{n}"), "1");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        counter(&server, "cinder_events_retried_total") > 0,
+        "retrying while down"
+    );
+    let (_url, calls) = backend_on(port, ok);
+    let got = events(&calls, 10);
+    let topics: HashSet<&str> = got.iter().filter_map(|e| e["topic"].as_str()).collect();
+    assert_eq!(topics.len(), 5);
+    assert_eq!(counter(&server, "cinder_events_dropped_total"), 0);
+}
