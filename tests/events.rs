@@ -196,3 +196,65 @@ fn a_backend_that_is_down_for_a_while_gets_every_event_later() {
     assert_eq!(topics.len(), 5);
     assert_eq!(counter(&server, "cinder_events_dropped_total"), 0);
 }
+
+#[test]
+fn a_slow_consumer_and_an_expired_long_poll_session_say_why() {
+    let (url, calls) = backend(ok);
+    let server = server(
+        &url,
+        "[socket]\nsend_buffer_limit = 65536\nslow_consumer_timeout_ms = 500\n\
+         [socket.longpoll]\nwindow_ms = 200\n",
+    );
+    // A long-poll session joins a lifecycle topic, then nobody polls it.
+    let lp = "/socket/longpoll?vsn=2.0.0";
+    let (_, opened) = server.http(&format!(
+        "GET {lp} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+    ));
+    let token = serde_json::from_str::<Value>(&opened).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let join = r#"["1","1","game:lp","phx_join",{}]"#;
+    let (status, _) = server.http(&format!(
+        "POST {lp}&token={token} HTTP/1.1\r\nhost: t\r\ncontent-type: application/x-ndjson\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{join}",
+        join.len()
+    ));
+    assert_eq!(status, 200);
+    let expired = events(&calls, 2);
+    assert_eq!(
+        shape(&expired[0]),
+        json!({"type":"leave","topic":"game:lp","join_ref":"1","reason":"timeout"})
+    );
+    assert_eq!(
+        shape(&expired[1]),
+        json!({"type":"disconnect","reason":"timeout"})
+    );
+
+    // A WebSocket subscriber that never reads while broadcasts pile up.
+    let mut stuck = common::RawSocket::connect(server.addr);
+    stuck.send_frame(0x81, br#"["1","1","game:flood","phx_join",{}]"#, true);
+    std::thread::sleep(Duration::from_millis(100));
+    let payload = format!(r#"{{"pad":"{}"}}"#, "x".repeat(4000));
+    let batch: Vec<String> = (0..50)
+        .map(|i| format!(r#"{{"topic":"game:flood","event":"m{i}","payload":{payload}}}"#))
+        .collect();
+    let body = format!(r#"{{"messages":[{}]}}"#, batch.join(","));
+    let deadline = Instant::now() + WAIT;
+    while server.metric("cinder_slow_consumer_closes_total") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck client was never closed"
+        );
+        assert_eq!(server.publish(&body).0, 200);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let slow = events(&calls, 2);
+    assert_eq!(shape(&slow[0])["reason"], "slow_consumer");
+    assert_eq!(shape(&slow[0])["topic"], "game:flood");
+    assert_eq!(
+        shape(&slow[1]),
+        json!({"type":"disconnect","reason":"slow_consumer"})
+    );
+    drop(stuck);
+}
