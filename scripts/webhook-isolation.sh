@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Measures that fan-out to ordinary subscribers is unaffected while backend
-# hooks time out: the same fan-out run twice against one server, first alone,
-# then while other clients keep joining a `join = "webhook"` topic whose
+# hooks time out: the same fan-out run three times against one server, first
+# alone, then while other clients keep joining a `join = "webhook"` topic whose
 # backend answers only after 5 s (the hook deadline is 1 s, the queue small,
-# so hooks time out and overflow the whole time).
+# so hooks time out and overflow the whole time), then while other clients
+# keep joining and leaving a `lifecycle` topic whose events go to that same
+# backend (every delivery times out and is retried with backoff; the events
+# queue, small here, overflows and drops).
 #
 # Needs python3 (the deliberately slow backend). Usage:
 #   scripts/webhook-isolation.sh [seconds per window, default 5] [windows, default 3]
@@ -52,9 +55,17 @@ url = "http://127.0.0.1:$BACKEND_PORT/hooks"
 timeout_ms = 1000
 workers = 4
 queue_size = 64
+events_queue = 2000
 [[channel]]
 pattern = "hook:*"
 join = "webhook"
+[[channel]]
+pattern = "game:*"
+join = "public"
+lifecycle = true
+[[channel]]
+pattern = "churn:*"
+join = "public"
 [[channel]]
 pattern = "bench:*"
 join = "public"
@@ -89,4 +100,41 @@ kill "$HOOKS_LOOP" 2>/dev/null || true
 wait "$HOOKS_LOOP" 2>/dev/null || true
 echo "failed joins in the last hook round:"
 grep -o '"backend [a-z]*": [0-9]*\|"join refused": [0-9]*' "$OUT/webhook-isolation-hooks.json" || true
-curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^cinder_(deliveries_total|broadcasts_total)" || true
+
+# The same client churn on a route without lifecycle: what the churn itself
+# costs, so the next run shows what the undeliverable events add.
+churn_run() {
+  local prefix="$1" name="$2"
+  (
+    end=$((SECONDS + (SECS + 3) * RUNS + 15))
+    while [ $SECONDS -lt $end ]; do
+      target/release/cinder-load connect --url "ws://127.0.0.1:$PORT/socket/websocket" \
+        --conns 300 --topic-prefix "$prefix" --quiet --json "$OUT/webhook-isolation-$name-clients.json" >/dev/null || true
+    done
+  ) &
+  CHURN_LOOP=$!
+  PIDS+=($CHURN_LOOP)
+  sleep 2
+  fanout "$OUT/webhook-isolation-$name.json"
+  kill "$CHURN_LOOP" 2>/dev/null || true
+  wait "$CHURN_LOOP" 2>/dev/null || true
+}
+echo "== fan-out while clients churn on a route without lifecycle"
+churn_run churn churn
+
+echo "== fan-out while lifecycle events cannot be delivered"
+(
+  end=$((SECONDS + (SECS + 3) * RUNS + 15))
+  while [ $SECONDS -lt $end ]; do
+    target/release/cinder-load connect --url "ws://127.0.0.1:$PORT/socket/websocket" \
+      --conns 300 --topic-prefix game --quiet --json "$OUT/webhook-isolation-events-clients.json" >/dev/null || true
+  done
+) &
+EVENTS_LOOP=$!
+PIDS+=($EVENTS_LOOP)
+sleep 2
+fanout "$OUT/webhook-isolation-events.json"
+kill "$EVENTS_LOOP" 2>/dev/null || true
+wait "$EVENTS_LOOP" 2>/dev/null || true
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^cinder_(deliveries_total|broadcasts_total|events_[a-z_]*) " || true
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^cinder_deliveries_total" || true
