@@ -50,8 +50,8 @@ HISTORY=$((RECOVER_MESSAGES > 100 ? RECOVER_MESSAGES : 100))
 cargo build --release -p cinder -p cinder-load
 SERVER=target/release/cinder
 LOAD=target/release/cinder-load
-# shellcheck source=lib/private-redis.sh
-source scripts/lib/private-redis.sh
+# shellcheck source=lib/cluster-nodes.sh
+source scripts/lib/cluster-nodes.sh
 
 # History on `hist:*`, none on everything else. Long-poll stays on, as by
 # default, so every node needs the same secret.
@@ -72,38 +72,6 @@ pattern = "*"
 join = "public"
 client_events = "broadcast"
 TOML
-
-# start_node NAME CLUSTER(0|1): starts a 1-shard node on a free port; sets
-# NODE_PORT and NODE_PID.
-start_node() {
-  local name="$1" cluster="$2"
-  NODE_PORT="$(free_port)"
-  local extra=()
-  [ "$cluster" = 1 ] && extra=(--cluster-redis "$REDIS_URL" --node-name "$name")
-  "$SERVER" serve --bind "127.0.0.1:$NODE_PORT" --shards 1 --log-level warn \
-    --config "$CONFIG" "${extra[@]}" &
-  NODE_PID=$!
-  NODE_PIDS+=("$NODE_PID")
-  for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$NODE_PORT/healthz" >/dev/null && return 0
-    sleep 0.1
-  done
-  echo "node $name did not start" >&2
-  exit 1
-}
-
-# Waits until the node on port $1 hears $2 nodes.
-wait_nodes() {
-  for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$1/healthz" | grep -q "\"nodes\":$2" && return 0
-    sleep 0.1
-  done
-  echo "the nodes did not see each other" >&2
-  exit 1
-}
-
-ws() { echo "ws://127.0.0.1:$1/socket/websocket"; }
-api() { echo "http://127.0.0.1:$1/api/broadcast"; }
 
 # measure ROUND NAME: fresh nodes, one cinder-load run (bounded by
 # RUN_TIMEOUT), stop them.

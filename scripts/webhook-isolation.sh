@@ -84,32 +84,16 @@ fanout() {
 echo "== fan-out alone"
 fanout "$OUT/webhook-isolation-baseline.json"
 
-echo "== fan-out while webhook joins time out"
-(
-  end=$((SECONDS + (SECS + 3) * RUNS + 15))
-  while [ $SECONDS -lt $end ]; do
-    target/release/cinder-load connect --url "ws://127.0.0.1:$PORT/socket/websocket" \
-      --conns 300 --topic-prefix hook --setup-timeout 10s --quiet --json "$OUT/webhook-isolation-hooks.json" >/dev/null || true
-  done
-) &
-HOOKS_LOOP=$!
-PIDS+=($HOOKS_LOOP)
-sleep 2
-fanout "$OUT/webhook-isolation-stuck.json"
-kill "$HOOKS_LOOP" 2>/dev/null || true
-wait "$HOOKS_LOOP" 2>/dev/null || true
-echo "failed joins in the last hook round:"
-grep -o '"backend [a-z]*": [0-9]*\|"join refused": [0-9]*' "$OUT/webhook-isolation-hooks.json" || true
-
-# The same client churn on a route without lifecycle: what the churn itself
-# costs, so the next run shows what the undeliverable events add.
+# churn_run PREFIX NAME [ARGS…]: the fan-out, while other clients keep
+# connecting to PREFIX topics, joining and going (300 at a time, ARGS added).
 churn_run() {
   local prefix="$1" name="$2"
+  shift 2
   (
     end=$((SECONDS + (SECS + 3) * RUNS + 15))
     while [ $SECONDS -lt $end ]; do
       target/release/cinder-load connect --url "ws://127.0.0.1:$PORT/socket/websocket" \
-        --conns 300 --topic-prefix "$prefix" --quiet --json "$OUT/webhook-isolation-$name-clients.json" >/dev/null || true
+        --conns 300 --topic-prefix "$prefix" "$@" --quiet --json "$OUT/webhook-isolation-$name-clients.json" >/dev/null || true
     done
   ) &
   CHURN_LOOP=$!
@@ -119,22 +103,16 @@ churn_run() {
   kill "$CHURN_LOOP" 2>/dev/null || true
   wait "$CHURN_LOOP" 2>/dev/null || true
 }
+echo "== fan-out while webhook joins time out"
+churn_run hook stuck --setup-timeout 10s
+echo "failed joins in the last hook round:"
+grep -o '"backend [a-z]*": [0-9]*\|"join refused": [0-9]*' "$OUT/webhook-isolation-stuck-clients.json" || true
+
+# The same client churn on a route without lifecycle: what the churn itself
+# costs, so the next run shows what the undeliverable events add.
 echo "== fan-out while clients churn on a route without lifecycle"
 churn_run churn churn
 
 echo "== fan-out while lifecycle events cannot be delivered"
-(
-  end=$((SECONDS + (SECS + 3) * RUNS + 15))
-  while [ $SECONDS -lt $end ]; do
-    target/release/cinder-load connect --url "ws://127.0.0.1:$PORT/socket/websocket" \
-      --conns 300 --topic-prefix game --quiet --json "$OUT/webhook-isolation-events-clients.json" >/dev/null || true
-  done
-) &
-EVENTS_LOOP=$!
-PIDS+=($EVENTS_LOOP)
-sleep 2
-fanout "$OUT/webhook-isolation-events.json"
-kill "$EVENTS_LOOP" 2>/dev/null || true
-wait "$EVENTS_LOOP" 2>/dev/null || true
-curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^cinder_(deliveries_total|broadcasts_total|events_[a-z_]*) " || true
-curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^cinder_deliveries_total" || true
+churn_run game events
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^cinder_(deliveries_total|broadcasts_total|events_[a-z_]*)[ {]" || true

@@ -323,9 +323,10 @@ fn with_several_urls_every_client_rejoins_on_another_one() {
     assert_eq!(count(&history.since_joins), vec![14, 6]);
 }
 
-#[test]
-fn a_duplicated_replay_fails_the_run() {
-    let (ports, history) = serve(1, Fault::Duplicate);
+/// A small run (4 clients, 2 topics, 3 messages) against one fake server
+/// that misbehaves as `fault` says; returns (exit code, stdout, stderr).
+fn faulty_run(fault: Fault) -> (Option<i32>, String, String) {
+    let (ports, history) = serve(1, fault);
     let url = format!("ws://127.0.0.1:{}/socket/websocket", ports[0]);
     let out = recover(&[
         "--url",
@@ -343,8 +344,13 @@ fn a_duplicated_replay_fails_the_run() {
         "--quiet",
     ]);
     history.stop.store(true, Ordering::Relaxed);
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn a_duplicated_replay_fails_the_run() {
+    let (code, stdout, stderr) = faulty_run(Fault::Duplicate);
+    assert_eq!(code, Some(3), "{stdout}\n{stderr}");
     assert!(
         stderr.contains(
             "LOST 0 messages in run recover: 12 of 12 owed deliveries arrived; 4 duplicated"
@@ -356,26 +362,8 @@ fn a_duplicated_replay_fails_the_run() {
 
 #[test]
 fn a_refused_recovery_fails_the_run() {
-    let (ports, history) = serve(1, Fault::Refuse);
-    let url = format!("ws://127.0.0.1:{}/socket/websocket", ports[0]);
-    let out = recover(&[
-        "--url",
-        &url,
-        "--conns",
-        "4",
-        "--topics",
-        "2",
-        "--messages",
-        "3",
-        "--src-ips",
-        "127.0.0.1",
-        "--settle",
-        "200ms",
-        "--quiet",
-    ]);
-    history.stop.store(true, Ordering::Relaxed);
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    let (code, stdout, stderr) = faulty_run(Fault::Refuse);
+    assert_eq!(code, Some(3), "{stdout}\n{stderr}");
     assert!(
         stderr.contains("LOST 12 messages in run recover: 0 of 12 owed deliveries arrived"),
         "{stderr}"

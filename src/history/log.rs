@@ -68,6 +68,22 @@ pub struct Recovery {
     pub replay: Vec<Arc<Broadcast>>,
 }
 
+impl Recovery {
+    /// The answer when no history can be read for the topic: a position of
+    /// no stream's life (`seed` tells answers apart), and `recovered:
+    /// false` for `failure` when the join asked to recover.
+    pub fn without_history(asked: bool, failure: RecoveryFailure, seed: u64) -> Recovery {
+        Recovery {
+            position: Position {
+                epoch: Epoch::generate('x', seed),
+                offset: 0,
+            },
+            outcome: asked.then_some(Err(failure)),
+            replay: Vec::new(),
+        }
+    }
+}
+
 /// What a [`TopicLog`] can say about the broadcasts after a position.
 #[derive(Debug, Clone)]
 pub enum Since {

@@ -63,7 +63,7 @@ impl HistoryStore {
         self.logs.get(topic)
     }
 
-    /// The log of `topic`, made (with a new epoch and offset `last`) when
+    /// The log of `topic`, made (a new life of the stream, offset 0) when
     /// it has none.
     pub fn log(&mut self, topic: &str, now_ms: u64) -> &mut TopicLog {
         self.log_from(topic, None, now_ms)

@@ -264,10 +264,16 @@ impl Shard {
         let mut client = self.clients.remove(id)?;
         let kind = client.session.frame_kind();
         let reason = client.session.ending.unwrap_or(EndReason::Closed);
-        let closed: Vec<_> = client.session.channels.close_all().collect();
-        for (topic, slot, join_ref) in closed {
+        // Fields borrowed apart: the channels are drained while the
+        // identity is read.
+        let identity = client
+            .session
+            .identity
+            .as_deref()
+            .unwrap_or(&super::clients::ANONYMOUS);
+        for (topic, slot, join_ref) in client.session.channels.close_all() {
             self.unsubscribe(id, &topic, kind, slot);
-            self.channel_ended(client.session.identity(), &topic, &join_ref, reason);
+            self.channel_ended(identity, &topic, &join_ref, reason);
         }
         self.client_ended(&client.session, reason);
         Some(client)

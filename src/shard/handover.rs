@@ -34,9 +34,6 @@ impl Shard {
         let mut connection = self.connections.remove(self.poll.registry(), key)?;
         ShardMetrics::sub(&self.metrics().connections, 1);
         connection.pending_input.extend_from_slice(rest);
-        if request.path != crate::api::history::PATH {
-            ShardMetrics::add(&self.metrics().longpoll_handovers, 1);
-        }
         Some(HandOver {
             connection,
             request,

@@ -104,14 +104,7 @@ impl Shard {
             Some(retention) => self.on_recovery_ask(ask, retention, now),
             None => {
                 // Cannot happen (one route table); answer rather than hang.
-                let recovery = Recovery {
-                    position: Position {
-                        epoch: Epoch::generate('x', 0),
-                        offset: 0,
-                    },
-                    outcome: Some(Err(RecoveryFailure::Invalid)),
-                    replay: Vec::new(),
-                };
+                let recovery = Recovery::without_history(true, RecoveryFailure::Invalid, 0);
                 self.answer_recovery(ask.shard, ask.ticket, recovery, now);
             }
         }
@@ -287,17 +280,9 @@ impl Shard {
         for ask in reading.asks {
             if unread {
                 // Redis could not be read and nothing is mirrored.
-                let recovery = Recovery {
-                    position: Position {
-                        epoch: Epoch::generate('x', ask.ticket),
-                        offset: 0,
-                    },
-                    outcome: match ask.recover {
-                        RecoverFrom::Nothing => None,
-                        _ => Some(Err(RecoveryFailure::Unavailable)),
-                    },
-                    replay: Vec::new(),
-                };
+                let asked = ask.recover != RecoverFrom::Nothing;
+                let recovery =
+                    Recovery::without_history(asked, RecoveryFailure::Unavailable, ask.ticket);
                 self.answer_recovery(ask.shard, ask.ticket, recovery, now);
             } else {
                 self.answer_from_mirror(ask, retention, now);

@@ -120,6 +120,7 @@ impl Shard {
         if let Some(address) = address {
             let owner = usize::from(address.shard);
             if owner != self.id && owner < self.peers.len() {
+                ShardMetrics::add(&self.metrics().longpoll_handovers, 1);
                 return Handled::HandOver { owner, request };
             }
         }

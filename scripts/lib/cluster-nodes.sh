@@ -1,11 +1,11 @@
 # Sourced by the benchmark scripts that run Cinder nodes over Redis
 # (cluster-bench.sh, history-bench.sh): a work directory, a redis-server of
-# the script's own on a free port, and the bookkeeping that stops exactly
-# the processes the script started.
+# the script's own on a free port, starting and watching 1-shard nodes, and
+# the bookkeeping that stops exactly the processes the script started.
 #
 # Needs OUT set. Sets LOG, WORK, REDIS_PORT, REDIS_PID, REDIS_URL and
-# NODE_PIDS (the caller appends each node it starts), and defines
-# free_port, stop_nodes and cleanup (run on exit).
+# NODE_PIDS, and defines free_port, start_node (which needs SERVER and
+# CONFIG), wait_nodes, ws, api, stop_nodes and cleanup (run on exit).
 
 command -v redis-server >/dev/null || { echo "redis-server is not installed" >&2; exit 1; }
 ulimit -n "$(ulimit -Hn)"
@@ -59,3 +59,35 @@ for _ in $(seq 50); do
 done
 redis-cli -p "$REDIS_PORT" ping | grep -q PONG || { echo "redis-server did not start" >&2; exit 1; }
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+
+# start_node NAME CLUSTER(0|1): starts a 1-shard node on a free port; sets
+# NODE_PORT and NODE_PID.
+start_node() {
+  local name="$1" cluster="$2"
+  NODE_PORT="$(free_port)"
+  local extra=()
+  [ "$cluster" = 1 ] && extra=(--cluster-redis "$REDIS_URL" --node-name "$name")
+  "$SERVER" serve --bind "127.0.0.1:$NODE_PORT" --shards 1 --log-level warn \
+    --config "$CONFIG" "${extra[@]}" &
+  NODE_PID=$!
+  NODE_PIDS+=("$NODE_PID")
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$NODE_PORT/healthz" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "node $name did not start" >&2
+  exit 1
+}
+
+# Waits until the node on port $1 hears $2 nodes.
+wait_nodes() {
+  for _ in $(seq 100); do
+    curl -sf "http://127.0.0.1:$1/healthz" | grep -q "\"nodes\":$2" && return 0
+    sleep 0.1
+  done
+  echo "the nodes did not see each other" >&2
+  exit 1
+}
+
+ws() { echo "ws://127.0.0.1:$1/socket/websocket"; }
+api() { echo "http://127.0.0.1:$1/api/broadcast"; }
