@@ -3,7 +3,7 @@
 # change to the hot path is judged against its predecessor on the same
 # machine at the same time: fan-out at 1k and 10k subscribers (max rate,
 # batches of 16) and one write per delivery (batch 1), each round running
-# OLD then NEW. Prints the medians over rounds and the ratios new/old.
+# OLD then NEW (NEW then OLD in even rounds). Prints the medians over rounds and the ratios new/old.
 #
 #   scripts/compare-binaries.sh OLD_BIN NEW_BIN [ROUNDS] [SECONDS] [RUNS]
 #
@@ -58,7 +58,10 @@ scenario_args() {
 SCENARIOS="${SCENARIOS:-fanout-1000 fanout-10000 batch1-1000}"
 for round in $(seq "$ROUNDS"); do
   for scenario in $SCENARIOS; do
-    for which in old new; do
+    # The second server of a pair measures a few % slower (the first one's
+    # sockets are still closing): flip the order every other round.
+    order="old new"; [ $((round % 2)) = 0 ] && order="new old"
+    for which in $order; do
       bin="$OLD"; [ "$which" = new ] && bin="$NEW"
       start_server "$bin"
       # shellcheck disable=SC2046
