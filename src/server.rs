@@ -15,6 +15,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -82,6 +83,8 @@ pub enum StartError {
 pub struct ServerHandle {
     local_addr: SocketAddr,
     inboxes: Arc<[ShardInbox]>,
+    /// Set when a stop is asked, before any shard hears it.
+    stopping: Arc<AtomicBool>,
     threads: Vec<JoinHandle<io::Result<()>>>,
     /// The cluster bus, when `[cluster]` is on.
     bus: Option<BusThread>,
@@ -112,6 +115,7 @@ impl ServerHandle {
     pub fn stop_signal(&self) -> StopSignal {
         StopSignal {
             inboxes: self.inboxes.clone(),
+            stopping: self.stopping.clone(),
         }
     }
 
@@ -126,13 +130,14 @@ impl ServerHandle {
                 Err(_) => result = Err(io::Error::other("a shard thread panicked")),
             }
         }
-        // The shards are gone: every event they made is queued. Deliver
-        // what is pending within the shutdown timeout.
-        if let Some(events) = self.events {
-            events.stop(std::time::Instant::now() + self.shutdown_timeout);
-        }
+        // The shards are gone; the bus tells the other nodes and releases
+        // what this node held (its events queued too). Deliver what is
+        // pending within the shutdown timeout.
         if let Some(bus) = self.bus {
             bus.stop();
+        }
+        if let Some(events) = self.events {
+            events.stop(std::time::Instant::now() + self.shutdown_timeout);
         }
         result
     }
@@ -148,11 +153,15 @@ impl ServerHandle {
 #[derive(Clone)]
 pub struct StopSignal {
     inboxes: Arc<[ShardInbox]>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl StopSignal {
-    /// Asks every shard to stop gracefully.
+    /// Asks every shard to stop gracefully. The flag is set first, so a
+    /// shard that stops before another hears of it is still known to be
+    /// stopping by the other (lifecycle events then say `shutdown`).
     pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
         for inbox in self.inboxes.iter() {
             inbox.send(ShardMessage::Shutdown);
         }
@@ -197,6 +206,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         receivers.push(receiver);
     }
     let inboxes: Arc<[ShardInbox]> = inboxes.into();
+    let stopping = Arc::new(AtomicBool::new(false));
     let metrics: Arc<[ShardMetrics]> = (0..shards).map(|_| ShardMetrics::default()).collect();
     // One pool for all shards: webhook calls are rare next to deliveries,
     // and the backend sees one bounded set of connections.
@@ -253,8 +263,11 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             queue: config.webhook.events_queue,
             timeout_ms: config.webhook.timeout_ms,
         };
+        // One queue per shard, and one more for the cluster bus (which
+        // reports topics and presence keys judged by Redis).
+        let queues = shards + usize::from(cluster.is_some());
         let (producers, thread, metrics) =
-            delivery::spawn(delivery, shards).map_err(StartError::Hooks)?;
+            delivery::spawn(delivery, queues).map_err(StartError::Hooks)?;
         let producers: Vec<_> = producers
             .into_iter()
             .map(|p| Some((p, metrics.clone())))
@@ -280,6 +293,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             signer: signer.clone(),
             instance,
             cluster: cluster.clone(),
+            stopping: stopping.clone(),
             events: producers[id].take(),
         };
         let thread = std::thread::Builder::new()
@@ -309,12 +323,17 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                 shards: inboxes.clone(),
                 queues,
                 status: handle.status().clone(),
+                events: producers
+                    .get_mut(shards)
+                    .and_then(Option::take)
+                    .map(|(producer, _)| (producer, config.webhook.event_set())),
             };
             match bus::spawn(setup) {
                 Ok(bus) => Some(bus),
                 Err(error) => {
                     StopSignal {
                         inboxes: inboxes.clone(),
+                        stopping: stopping.clone(),
                     }
                     .stop();
                     return Err(error.into());
@@ -327,6 +346,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     Ok(ServerHandle {
         local_addr,
         inboxes,
+        stopping,
         threads,
         bus,
         events: events_thread,

@@ -5,51 +5,31 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use cinder::auth::{mint_hs256, now_secs, Claims};
-use common::backend::{backend, backend_on, Call};
+use common::backend::{backend, backend_on};
+use common::events::{events, join_as, kinds, ok, quiet, shape};
 use common::{Client, TestServer, WAIT};
 use serde_json::{json, Value};
 
-fn ok(path: &str, _: &Value) -> (u16, String, Duration) {
-    match path {
-        "/hooks/events" => (200, "{}".into(), Duration::ZERO),
-        _ => (404, "{}".into(), Duration::ZERO),
-    }
-}
-
+/// A server whose backend asks for `leave` and `disconnect` only.
 fn server(url: &str, extra: &str) -> TestServer {
     TestServer::start(&format!(
-        "[webhook]\nurl = \"{url}\"\nsecret = \"s3cret-for-events\"\nevents_batch_ms = 20\n{extra}\n\
+        "[webhook]\nurl = \"{url}\"\nsecret = \"s3cret-for-events\"\nevents_batch_ms = 20\n\
+         events = [\"leave\", \"disconnect\"]\n{extra}\n\
          [[channel]]\npattern = \"game:*\"\njoin = \"public\"\nlifecycle = true\n"
     ))
 }
 
-/// The next `count` events the backend received (in delivery order).
-fn events(calls: &Receiver<Call>, count: usize) -> Vec<Value> {
-    let deadline = Instant::now() + WAIT;
-    let mut got = Vec::new();
-    while got.len() < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let (path, body, _) = calls
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("only {} of {count} events: {got:?}", got.len()));
-        assert_eq!(path, "/hooks/events");
-        got.extend(body["events"].as_array().unwrap().iter().cloned());
-    }
-    assert_eq!(got.len(), count, "more events than expected: {got:?}");
-    got
-}
-
-/// What an event says, without its id and time.
-fn shape(event: &Value) -> Value {
-    let mut event = event.clone();
-    let object = event.as_object_mut().unwrap();
-    assert!(object.remove("id").unwrap().is_string());
-    assert!(object.remove("time_ms").unwrap().as_u64().unwrap() > 1_700_000_000_000);
-    event
+/// A server sending every kind of event (the default), with a presence
+/// route keyed by the join payload's `name`.
+fn server_all_events(url: &str) -> TestServer {
+    TestServer::start(&format!(
+        "[webhook]\nurl = \"{url}\"\nevents_batch_ms = 20\n\
+         [[channel]]\npattern = \"party:*\"\njoin = \"public\"\nlifecycle = true\n\
+         presence = true\npresence_key = \"name\"\n"
+    ))
 }
 
 /// A process-wide counter (no shard label) from `/metrics`.
@@ -257,4 +237,75 @@ fn a_slow_consumer_and_an_expired_long_poll_session_say_why() {
         json!({"type":"disconnect","reason":"slow_consumer"})
     );
     drop(stuck);
+}
+
+#[test]
+fn a_topic_is_occupied_and_vacated_once_and_two_tabs_are_one_member() {
+    let (url, calls) = backend(ok);
+    let server = server_all_events(&url);
+    // Four tabs, spread over the two shards by the kernel: alice's two,
+    // then bob's two.
+    let mut alice_1 = server.connect();
+    let mut alice_2 = server.connect();
+    let mut bob_1 = server.connect();
+    let mut bob_2 = server.connect();
+    join_as(&mut alice_1, "party:1", "alice", "1");
+    assert_eq!(
+        kinds(&events(&calls, 2)),
+        ["channel_occupied party:1", "member_added alice"]
+    );
+    join_as(&mut alice_2, "party:1", "alice", "1");
+    join_as(&mut bob_1, "party:1", "bob", "1");
+    let bob = events(&calls, 1);
+    assert_eq!(kinds(&bob), ["member_added bob"]);
+    assert_eq!(bob[0]["meta"]["tab"], "1", "{bob:?}");
+    assert!(bob[0]["meta"]["phx_ref"].is_string(), "{bob:?}");
+    join_as(&mut bob_2, "party:1", "bob", "1");
+    quiet(&calls);
+    // Alice closes one tab: its leave and disconnect, nothing else.
+    drop(alice_1);
+    assert_eq!(kinds(&events(&calls, 2)), ["disconnect ", "leave party:1"]);
+    // And the other: now she is gone.
+    drop(alice_2);
+    assert_eq!(
+        kinds(&events(&calls, 3)),
+        ["disconnect ", "leave party:1", "member_removed alice"]
+    );
+    drop(bob_1);
+    assert_eq!(kinds(&events(&calls, 2)), ["disconnect ", "leave party:1"]);
+    // Bob's last tab leaves the channel: he is removed, the topic vacated.
+    bob_2.send(r#"["1","2","party:1","phx_leave",{}]"#);
+    let last = events(&calls, 3);
+    assert_eq!(
+        kinds(&last),
+        [
+            "channel_vacated party:1",
+            "leave party:1",
+            "member_removed bob"
+        ]
+    );
+    quiet(&calls);
+    // Occupied again by a newcomer, and vacated at shutdown, with its
+    // reason.
+    join_as(&mut bob_2, "party:1", "bob", "3");
+    assert_eq!(
+        kinds(&events(&calls, 2)),
+        ["channel_occupied party:1", "member_added bob"]
+    );
+    server.stop();
+    let shutdown = events(&calls, 4);
+    assert_eq!(
+        kinds(&shutdown),
+        [
+            "channel_vacated party:1",
+            "disconnect ",
+            "leave party:1",
+            "member_removed bob"
+        ]
+    );
+    assert!(
+        shutdown.iter().all(|e| e["reason"] == "shutdown"),
+        "{shutdown:?}"
+    );
+    drop(bob_2);
 }

@@ -36,11 +36,14 @@ use super::envelope::{self, Envelope};
 use super::history::{self, HistoryKeys};
 use super::interest::{Interest, Joined};
 use super::ledger::Ledger;
+use super::lifecycle::{Ask, ClusterLifecycle};
 use super::membership::Membership;
 use super::redis_link::{publisher, Event, Link, Op, PushHandler, PIPELINE_MAX};
 use super::{BusQueues, ClusterConfig, ClusterStatus, Control, Outbound};
 use crate::fanout::broadcast::{Broadcast, BroadcastId, Content, NodeId, Origin};
 use crate::history::Epoch;
+use crate::lifecycle::delivery::EventProducer;
+use crate::lifecycle::event::EventSet;
 use crate::presence::{PresenceDiff, PresenceSync};
 use crate::protocol::message::Payload;
 use crate::shard::forward::Forwarded;
@@ -66,6 +69,9 @@ pub struct BusSetup {
     pub queues: BusQueues,
     /// Shared with the handle: state and counters.
     pub status: Arc<ClusterStatus>,
+    /// The bus's queue to the lifecycle events' delivery thread and the
+    /// kinds the backend wants, when events are on.
+    pub events: Option<(EventProducer, EventSet)>,
 }
 
 /// Why the bus could not start.
@@ -128,6 +134,7 @@ async fn run(setup: BusSetup, info: ConnectionInfo, mut stop: mpsc::UnboundedRec
         shards,
         queues,
         status,
+        events: lifecycle_events,
     } = setup;
     let BusQueues {
         broadcasts: mut broadcasts_rx,
@@ -156,8 +163,14 @@ async fn run(setup: BusSetup, info: ConnectionInfo, mut stop: mpsc::UnboundedRec
         status.clone(),
         queued_bytes.clone(),
     ));
+    let lifecycle = lifecycle_events.map(|events| {
+        let grace = Duration::from_millis(config.node_timeout_ms);
+        ClusterLifecycle::new(&config.namespace, node, events, shards.len(), grace)
+    });
     let mut bus = Bus {
         channels: Channels::new(&config.namespace, config.sharded),
+        lifecycle,
+        node_timeout_ms: config.node_timeout_ms,
         node,
         name,
         shards,
@@ -180,14 +193,17 @@ async fn run(setup: BusSetup, info: ConnectionInfo, mut stop: mpsc::UnboundedRec
         tokio::select! {
             biased;
             _ = stop.recv() => {
-                bus.leave().await;
+                bus.leave(&mut events_rx).await;
                 return;
             }
             Some(event) = events_rx.recv() => bus.on_event(event),
             Some(control) = control_rx.recv() => bus.on_control(control),
             count = broadcasts_rx.recv_many(&mut batch, PIPELINE_MAX) => {
                 if count == 0 {
-                    return; // every shard is gone
+                    // Every shard is gone: the server is stopping, and the
+                    // stop may not have come yet. Leave as for a stop.
+                    bus.leave(&mut events_rx).await;
+                    return;
                 }
                 for outbound in batch.drain(..) {
                     bus.publish_broadcast(outbound);
@@ -253,6 +269,9 @@ struct Bus {
     membership: Membership,
     ledger: Ledger,
     interest: Interest,
+    /// Lifecycle events about topics and presence keys, when on.
+    lifecycle: Option<ClusterLifecycle>,
+    node_timeout_ms: u64,
     heartbeats: u64,
     /// Presence diffs this bus stamped for the shards.
     stamped: u64,
@@ -395,6 +414,12 @@ impl Bus {
                     reply,
                 });
             }
+            Control::Lifecycle(change) => {
+                let recording = self.state == RedisState::Up;
+                if let Some(lifecycle) = &mut self.lifecycle {
+                    lifecycle.change(change, recording);
+                }
+            }
             Control::Answer { to, id, response } => {
                 let channel = self.channels.node(to);
                 self.publish_to(channel, &Envelope::LongPollAnswer { id, response });
@@ -409,6 +434,11 @@ impl Bus {
             Event::Sent(Ok(_)) => self.redis_up(),
             Event::Sent(Err(error)) => self.redis_down(&error),
             Event::Heard(node) => self.heard(node, None),
+            Event::Lifecycle(ask, answer) => {
+                if let Some(lifecycle) = &mut self.lifecycle {
+                    lifecycle.on_answer(ask, answer);
+                }
+            }
             Event::Subscribed(topics) => {
                 for topic in topics {
                     for shard in self.interest.subscribed(&topic) {
@@ -441,6 +471,17 @@ impl Bus {
             queued: 0,
         };
         self.send(op);
+        // Every live node reaps the silent ones: whichever runs first
+        // reports what they held, once.
+        if self.state == RedisState::Up {
+            if let Some(lifecycle) = &self.lifecycle {
+                self.send_lifecycle(lifecycle.reap(self.node_timeout_ms));
+            }
+        }
+    }
+
+    fn send_lifecycle(&self, (command, ask): (redis::Cmd, Ask)) {
+        self.send(Op::Lifecycle { command, ask });
     }
 
     fn on_tick(&mut self, now: Instant) {
@@ -461,6 +502,11 @@ impl Bus {
             .collect();
         if !gone.is_empty() && self.state == RedisState::Up {
             self.send(Op::Unsubscribe(gone));
+        }
+        if self.state == RedisState::Up {
+            if let Some(flushed) = self.lifecycle.as_mut().and_then(|l| l.flush(now)) {
+                self.send_lifecycle(flushed);
+            }
         }
         self.status
             .set_counts(self.membership.len(), self.interest.len());
@@ -599,6 +645,9 @@ impl Bus {
         let topics: Vec<String> = self.interest.topics().map(str::to_string).collect();
         channels.extend(topics.iter().map(|t| self.channels.topic(t)));
         self.send(Op::Subscribe(channels, topics));
+        if let Some(sync) = self.lifecycle.as_mut().map(ClusterLifecycle::sync) {
+            self.send_lifecycle(sync);
+        }
         self.announce();
         self.publish_control(&Envelope::SyncRequest { target: None });
     }
@@ -615,6 +664,11 @@ impl Bus {
         } else {
             tracing::warn!(%error, "cluster: cannot reach Redis yet; serving local clients meanwhile");
         }
+        if self.state == RedisState::Up {
+            if let Some(lifecycle) = &mut self.lifecycle {
+                lifecycle.redis_lost();
+            }
+        }
         self.state = RedisState::Down(Instant::now());
         self.status.set_redis(false, unix_ms());
         for (topic, shard) in self.interest.lost() {
@@ -622,16 +676,29 @@ impl Bus {
         }
     }
 
-    /// Tells the others this node is leaving, waiting (briefly) until
-    /// that and everything queued before it went out.
-    async fn leave(&mut self) {
+    /// Tells the others this node is leaving and releases its lifecycle
+    /// holdings, waiting (briefly) until that and everything queued
+    /// before it went out, and handing the events the release reports to
+    /// the delivery thread (which stops after the bus).
+    async fn leave(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) {
         if self.state != RedisState::Up {
             return;
         }
         self.publish_control(&Envelope::Leaving);
+        if let Some(release) = self.lifecycle.as_mut().map(ClusterLifecycle::release) {
+            self.send_lifecycle(release);
+        }
         let (done, flushed) = tokio::sync::oneshot::channel();
         self.send(Op::Flush(done));
         let _ = tokio::time::timeout(Duration::from_secs(1), flushed).await;
+        // The publisher sends an answer before it reaches the flush.
+        while let Ok(event) = events.try_recv() {
+            if let Event::Lifecycle(ask, answer) = event {
+                if let Some(lifecycle) = &mut self.lifecycle {
+                    lifecycle.on_answer(ask, answer);
+                }
+            }
+        }
     }
 }
 

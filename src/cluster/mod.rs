@@ -13,6 +13,7 @@
 //! | [`redis_link`] | the connection to one Redis or a Redis Cluster, the publisher task, the handler of pushes |
 //! | [`membership`] | which other nodes are up (heartbeats, timeouts) |
 //! | [`ledger`] | every node's presences, to leave them when a node dies and to re-announce them |
+//! | [`lifecycle`] | which node holds which topic and presence key, in Redis: occupied/vacated and member events reported once |
 //! | [`interest`] | which topics' channels this node listens to |
 //! | [`status`] | `/healthz` and `/metrics` of the bus |
 //!
@@ -31,6 +32,7 @@ pub mod envelope;
 pub mod history;
 pub mod interest;
 pub mod ledger;
+pub mod lifecycle;
 pub mod membership;
 pub mod redis_link;
 pub mod status;
@@ -44,6 +46,7 @@ use crate::config::config_section;
 use crate::connect::DisconnectTarget;
 use crate::fanout::broadcast::{Broadcast, NodeId};
 use crate::history::Retention;
+use crate::lifecycle::occupancy::NodeChange;
 use crate::presence::PresenceSync;
 use crate::shard::inbox::ShardInbox;
 use envelope::ForwardedRequest;
@@ -168,6 +171,10 @@ pub enum Control {
         /// The owner shard's inbox.
         reply: ShardInbox,
     },
+    /// Lifecycle: a topic or presence key this node began or stopped
+    /// holding (from the topic's owner shard); Redis decides whether the
+    /// cluster did.
+    Lifecycle(NodeChange),
     /// This node's answer to a request node `to` forwarded.
     Answer {
         /// The forwarding node.
@@ -238,6 +245,12 @@ impl ClusterHandle {
             shard,
             interested,
         });
+    }
+
+    /// Hands a change of what this node holds to the bus (lifecycle
+    /// events about topics and presence keys).
+    pub fn lifecycle(&self, change: NodeChange) {
+        let _ = self.control.send(Control::Lifecycle(change));
     }
 
     /// Hands a shard's presence diff to the bus.

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 
 use super::envelope::{self, Envelope, Received};
 use super::history;
+use super::lifecycle::Ask;
 use super::ClusterStatus;
 use crate::fanout::broadcast::NodeId;
 use crate::history::owner_shard;
@@ -50,6 +51,8 @@ pub enum Event {
     Heard(NodeId),
     /// Redis confirmed the subscriptions to these topics' channels.
     Subscribed(Vec<String>),
+    /// A lifecycle script's answer.
+    Lifecycle(Ask, Value),
 }
 
 /// One thing for the publisher to do, in order.
@@ -83,6 +86,14 @@ pub enum Op {
         command: redis::Cmd,
         /// The owner shard.
         reply: ShardInbox,
+    },
+    /// Run a lifecycle script (`cluster/lifecycle.rs`); its answer goes to
+    /// the main task.
+    Lifecycle {
+        /// The `EVAL`.
+        command: redis::Cmd,
+        /// What the answer is about.
+        ask: Ask,
     },
     /// Listen to these channels; the topics among them are confirmed to
     /// the main task once Redis answered.
@@ -359,6 +370,16 @@ pub async fn publisher(
                     })));
                     result
                 }
+                Op::Lifecycle { command, ask } => {
+                    let started = Instant::now();
+                    match link.query(&command).await {
+                        Ok(answer) => {
+                            let _ = events.send(Event::Lifecycle(ask, answer));
+                            Ok(started.elapsed())
+                        }
+                        Err(error) => Err(error.to_string()),
+                    }
+                }
                 Op::Subscribe(channels, topics) => {
                     let result = timed(link.subscription(&channels, true)).await;
                     if result.is_ok() && !topics.is_empty() {
@@ -417,7 +438,8 @@ fn drop_all(
             Op::Flush(done) => {
                 let _ = done.send(());
             }
-            Op::Subscribe(..) | Op::Unsubscribe(_) => {}
+            // The node syncs its lifecycle holdings when Redis is back.
+            Op::Subscribe(..) | Op::Unsubscribe(_) | Op::Lifecycle { .. } => {}
         }
     }
 }

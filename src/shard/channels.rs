@@ -136,6 +136,9 @@ impl Shard {
                 if let Some(client) = self.clients.get_mut(id) {
                     client.session.channels.set_slot(&topic, slot);
                 }
+                if self.topics.get(&topic).is_some_and(|set| set.len() == 1) {
+                    self.shard_occupancy(&topic, true);
+                }
                 ShardMetrics::add(&self.metrics().channels, 1);
                 self.note_lifecycle_join(id, &topic);
             }
@@ -290,6 +293,7 @@ impl Shard {
         self.topics.unsubscribe(topic, kind, slot);
         if self.topics.get(topic).is_none() {
             self.topic_vacated(topic);
+            self.shard_occupancy(topic, false);
         }
         ShardMetrics::sub(&self.metrics().channels, 1);
         self.presence.untrack(topic, id);

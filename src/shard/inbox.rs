@@ -70,6 +70,16 @@ pub enum ShardMessage {
     /// History (cluster): broadcasts of this topic were lost to this node;
     /// its local channels end with `phx_error` so their clients rejoin.
     HistoryGap(Arc<str>),
+    /// Lifecycle: shard `shard` got its first subscriber of `topic`
+    /// (`occupied`) or lost its last; sent to the topic's owner shard.
+    Occupancy {
+        /// The topic.
+        topic: String,
+        /// The reporting shard.
+        shard: usize,
+        /// Whether it now has a subscriber.
+        occupied: bool,
+    },
     /// Stop accepting, close every client, flush, exit.
     Shutdown,
 }

@@ -8,6 +8,9 @@
 //! | [`Shard::mark_ending`] | something decided a client goes (idle timeout, slow consumer, forced disconnect, shutdown): the reason its events carry |
 //! | [`Shard::channel_ended`] | a joined channel ended (left, replaced, or its client went) |
 //! | [`Shard::client_ended`] | a client is removed, after its channels |
+//!
+//! Topics filling and emptying and presence keys coming and going are in
+//! `occupancy.rs`.
 
 use std::sync::Arc;
 
@@ -18,6 +21,7 @@ use crate::connect::Identity;
 use crate::fanout::topics::ClientId;
 use crate::lifecycle::delivery::{EventMetrics, EventProducer};
 use crate::lifecycle::event::{EndReason, EventIds, EventKind, EventSet, LifecycleEvent};
+use crate::lifecycle::occupancy::{NodeMembers, NodeOccupancy};
 use crate::protocol::message::RawJson;
 
 /// The lifecycle component of a shard.
@@ -29,6 +33,11 @@ pub struct ShardLifecycle {
     pub(super) metrics: Option<Arc<EventMetrics>>,
     ids: EventIds,
     kinds: EventSet,
+    /// The topics this shard owns that have a subscriber on some shard of
+    /// this node (`occupancy.rs`).
+    pub(super) occupancy: NodeOccupancy,
+    /// The presence keys of topics this shard owns, on this node.
+    pub(super) members: NodeMembers,
 }
 
 impl ShardLifecycle {
@@ -49,16 +58,18 @@ impl ShardLifecycle {
             metrics,
             ids: EventIds::new(instance, shard),
             kinds,
+            occupancy: NodeOccupancy::default(),
+            members: NodeMembers::default(),
         }
     }
 
-    fn wants(&self, kind: EventKind) -> bool {
+    pub(super) fn wants(&self, kind: EventKind) -> bool {
         self.producer.is_some() && self.kinds.contains(kind)
     }
 
     /// Gives the event its id and queues it (never blocks; a full queue
     /// drops it, counted by the delivery side).
-    fn emit(&mut self, event: LifecycleEvent) {
+    pub(super) fn emit(&mut self, event: LifecycleEvent) {
         if let Some(producer) = &self.producer {
             let id = self.ids.next_id();
             producer.send(event.to_json(&id));

@@ -33,7 +33,7 @@
 //! | [`forward`] | long-poll requests forwarded to and from other nodes | `Forwarded`, `ForwardAnswer` | — | `504` for unanswered forwards |
 //! | [`presence`] | tracked presences, the replica | `Presence` | diffs out, states to joiners | — |
 //! | [`hooks`] | the hook pool | `Hook` | — | — |
-//! | [`lifecycle`] | the queue to the events' delivery thread | — | — | — |
+//! | [`lifecycle`] + `occupancy` | the queue to the events' delivery thread; owned topics' shards and presence keys on this node | `Occupancy` | — | — |
 //! | [`history`] (+ [`history_cluster`]) | owned topics' histories, joins waiting for their position | `Sequence`, `RecoveryAsk`, `RecoveryAnswer`, `Sequenced`, `HistoryRead` | — | expire histories |
 
 pub mod channels;
@@ -50,6 +50,7 @@ mod http;
 pub mod inbox;
 pub mod lifecycle;
 pub mod longpoll;
+mod occupancy;
 pub mod outbox;
 pub mod presence;
 mod subscriptions;
@@ -127,6 +128,8 @@ pub struct ShardSetup {
     pub instance: u64,
     /// The cluster bus, when `[cluster]` is on.
     pub cluster: Option<crate::cluster::ClusterHandle>,
+    /// Set (before any shard hears `Shutdown`) when the server stops.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
     /// This shard's queue to the lifecycle events' delivery thread, and
     /// its counters, when events are on.
     pub events: Option<(
@@ -162,6 +165,8 @@ pub struct Shard {
     accept_bucket: Option<TokenBucket>,
     /// Set once shutdown began: when the shard exits at the latest.
     stop_deadline: Option<Instant>,
+    /// The server is stopping (this shard may not have heard it yet).
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     /// When the shard started: the origin of the limiters' millisecond clock.
     epoch: Instant,
     /// The per-client event limit, when configured.
@@ -205,6 +210,7 @@ impl Shard {
             instance,
             cluster,
             events,
+            stopping,
         } = setup;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -238,6 +244,7 @@ impl Shard {
             accept_bucket: (accept_rate > 0)
                 .then(|| TokenBucket::new(accept_rate, accept_rate, now)),
             stop_deadline: None,
+            stopping,
             epoch: now,
             event_limit,
             scratch: Scratch {
@@ -312,6 +319,7 @@ impl Shard {
                         left = self.connections.len(),
                         "shard stopped"
                     );
+                    self.release_occupancy();
                     return Ok(());
                 }
             }
@@ -363,6 +371,11 @@ impl Shard {
                 ShardMessage::Sequenced(broadcast) => self.on_sequenced(broadcast, now),
                 ShardMessage::HistoryRead(read) => self.on_history_read(*read, now),
                 ShardMessage::HistoryGap(topic) => self.on_history_gap(&topic, now),
+                ShardMessage::Occupancy {
+                    topic,
+                    shard,
+                    occupied,
+                } => self.on_occupancy(&topic, shard, occupied),
                 ShardMessage::Shutdown => self.begin_shutdown(now),
             }
         }

@@ -259,6 +259,7 @@ impl Shard {
     /// gets either the state with the change or the diff, never neither.
     pub(super) fn on_presence_sync(&mut self, sync: &PresenceSync, now: Instant) {
         self.presence.replica.apply(&sync.diff);
+        self.presence_members(sync);
         self.deliver(&sync.broadcast, now);
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub mod backend;
 pub mod cluster;
+pub mod events;
 
 use cinder::{Config, ServerHandle};
 use tungstenite::protocol::frame::coding::CloseCode;
