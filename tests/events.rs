@@ -84,7 +84,10 @@ fn leave_replace_and_close_each_tell_the_backend_once() {
         .map(|e| e["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids.len(), 4, "every event has its own id");
-    assert!(counter(&server, "cinder_events_delivered_total") >= 4);
+    // Counted once the backend's answer is read, just after it got the call.
+    common::cluster::wait_until("4 events counted as delivered", || {
+        counter(&server, "cinder_events_delivered_total") >= 4
+    });
 }
 
 fn token(sub: &str) -> String {
@@ -276,6 +279,9 @@ fn a_topic_is_occupied_and_vacated_once_and_two_tabs_are_one_member() {
     // Bob's last tab leaves the channel: he is removed, the topic vacated.
     bob_2.send(r#"["1","2","party:1","phx_leave",{}]"#);
     let last = events(&calls, 3);
+    // In the order they happened: the leave, then its member, then the topic.
+    let order: Vec<&str> = last.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(order, ["leave", "member_removed", "channel_vacated"]);
     assert_eq!(
         kinds(&last),
         [

@@ -70,6 +70,9 @@ fn topics_and_members_change_once_for_the_whole_cluster() {
     // Bob leaves: the last subscriber anywhere.
     bob_on_b.send(r#"["1","2","party:1","phx_leave",{}]"#);
     let last = events(3);
+    // In the order they happened: the leave, then its member, then the topic.
+    let order: Vec<&str> = last.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(order, ["leave", "member_removed", "channel_vacated"]);
     assert_eq!(
         kinds(&last),
         [

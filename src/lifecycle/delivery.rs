@@ -1,15 +1,17 @@
 //! Delivery of lifecycle events to the application's backend.
 //!
 //! Shards must never block, so each one gets an [`EventProducer`] over its
-//! own bounded queue (shards never contend with each other) and hands
-//! events over with [`EventProducer::send`], which drops and counts an event
-//! when the queue is full. One delivery thread drains the queues round
-//! robin, batches events ([`super::batch::Pipeline`]) and POSTs one batch at
-//! a time, re-sending the same bytes after a backoff until the backend
-//! answers 2xx: delivery is at least once, in each shard's order.
+//! own bounded queue and hands events over with [`EventProducer::send`],
+//! which drops and counts an event when the queue is full. One delivery
+//! thread reads the queues back in the order the events were made
+//! ([`super::order`]: a `leave` before the `channel_vacated` it caused,
+//! though another shard made that), batches them
+//! ([`super::batch::Pipeline`]) and POSTs one batch at a time, re-sending
+//! the same bytes after a backoff until the backend answers 2xx: delivery
+//! is at least once, in order.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::batch::{Pipeline, Poll};
+use super::order::{MergedQueues, Numbering, Queued};
 
 /// Longest idle sleep: a backstop should a wake-up ever be missed.
 const IDLE_PARK: Duration = Duration::from_secs(1);
@@ -76,6 +79,8 @@ struct Shared {
     /// so producers unpark it only when that is useful.
     wake_wanted: AtomicBool,
     thread: Thread,
+    /// Numbers events as they are queued, for the reader's order.
+    numbering: Numbering,
 }
 
 impl Shared {
@@ -89,7 +94,7 @@ impl Shared {
 /// One shard's way to hand events to the delivery thread; Clone + Send.
 #[derive(Debug, Clone)]
 pub struct EventProducer {
-    sender: SyncSender<(Instant, Vec<u8>)>,
+    sender: SyncSender<Queued>,
     shared: Arc<Shared>,
     /// Whether this queue is dropping, so the warning is logged once per
     /// episode rather than once per event.
@@ -107,7 +112,7 @@ impl EventProducer {
             metrics.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
         }
-        match self.sender.try_send((Instant::now(), event_json)) {
+        match self.shared.numbering.push(&self.sender, event_json) {
             Ok(()) => {
                 if self.dropping.load(Ordering::Relaxed) {
                     self.dropping.store(false, Ordering::Relaxed);
@@ -187,7 +192,7 @@ pub fn spawn(
     check_url(&config.url)?;
     let per_shard = (config.queue / shards.max(1)).max(1);
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards)
-        .map(|_| mpsc::sync_channel::<(Instant, Vec<u8>)>(per_shard))
+        .map(|_| mpsc::sync_channel::<Queued>(per_shard))
         .unzip();
     let metrics = Arc::new(EventMetrics::default());
     let sender = Sender::new(&config);
@@ -200,8 +205,7 @@ pub fn spawn(
         .spawn(move || {
             let Ok(shared) = handed.recv() else { return };
             Worker {
-                receivers,
-                next: 0,
+                queues: MergedQueues::new(receivers),
                 pipeline,
                 sender,
                 shared,
@@ -214,6 +218,7 @@ pub fn spawn(
         deadline: Mutex::new(None),
         wake_wanted: AtomicBool::new(false),
         thread: handle.thread().clone(),
+        numbering: Numbering::default(),
     });
     handoff
         .send(shared.clone())
@@ -352,10 +357,7 @@ fn signature(mut mac: Hmac<Sha256>, body: &[u8]) -> String {
 }
 
 struct Worker {
-    receivers: Vec<Receiver<(Instant, Vec<u8>)>>,
-    /// The queue the next round robin pass starts at, so no shard is
-    /// always served first.
-    next: usize,
+    queues: MergedQueues,
     pipeline: Pipeline,
     sender: Sender,
     shared: Arc<Shared>,
@@ -432,30 +434,14 @@ impl Worker {
         }
     }
 
-    /// Moves events from the queues into the forming batch while it has
-    /// room, one per queue in turn so each shard's order is kept and none
-    /// starves the others.
+    /// Moves events from the queues into the forming batch, in the order
+    /// they were made, while it has room.
     fn drain(&mut self) {
-        let n = self.receivers.len();
-        if n == 0 {
-            return;
-        }
         while self.pipeline.room() > 0 {
-            let mut took = false;
-            for i in 0..n {
-                if self.pipeline.room() == 0 {
-                    break;
-                }
-                let q = (self.next + i) % n;
-                if let Ok((enqueued, event)) = self.receivers[q].try_recv() {
-                    self.pipeline.push(enqueued, &event);
-                    took = true;
-                }
-            }
-            self.next = (self.next + 1) % n;
-            if !took {
+            let Some(queued) = self.queues.next() else {
                 return;
-            }
+            };
+            self.pipeline.push(queued.enqueued, &queued.json);
         }
     }
 
@@ -484,12 +470,9 @@ impl Worker {
             // Pairs with the producers' fence: an event sent before the
             // wish was visible is found here instead of being slept on.
             fence(Ordering::SeqCst);
-            for r in &self.receivers {
-                if let Ok((enqueued, event)) = r.try_recv() {
-                    self.shared.wake_wanted.store(false, Ordering::SeqCst);
-                    self.pipeline.push(enqueued, &event);
-                    return;
-                }
+            if self.queues.ready() {
+                self.shared.wake_wanted.store(false, Ordering::SeqCst);
+                return;
             }
         }
         std::thread::park_timeout(timeout);
@@ -497,12 +480,7 @@ impl Worker {
     }
 
     fn drop_leftovers(&mut self) {
-        let mut left = self.pipeline.pending() as u64;
-        for r in &self.receivers {
-            while r.try_recv().is_ok() {
-                left += 1;
-            }
-        }
+        let left = (self.pipeline.pending() + self.queues.discard_all()) as u64;
         if left > 0 {
             self.shared
                 .metrics

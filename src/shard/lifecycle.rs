@@ -38,6 +38,8 @@ pub struct ShardLifecycle {
     pub(super) occupancy: NodeOccupancy,
     /// The presence keys of topics this shard owns, on this node.
     pub(super) members: NodeMembers,
+    /// Topics this shard lost this turn, reported at its end.
+    pub(super) vacated_this_turn: Vec<String>,
 }
 
 impl ShardLifecycle {
@@ -60,6 +62,7 @@ impl ShardLifecycle {
             kinds,
             occupancy: NodeOccupancy::default(),
             members: NodeMembers::default(),
+            vacated_this_turn: Vec::new(),
         }
     }
 

@@ -33,7 +33,7 @@
 //! | [`forward`] | long-poll requests forwarded to and from other nodes | `Forwarded`, `ForwardAnswer` | — | `504` for unanswered forwards |
 //! | [`presence`] | tracked presences, the replica | `Presence` | diffs out, states to joiners | — |
 //! | [`hooks`] | the hook pool | `Hook` | — | — |
-//! | [`lifecycle`] + `occupancy` | the queue to the events' delivery thread; owned topics' shards and presence keys on this node | `Occupancy` | — | — |
+//! | [`lifecycle`] + `occupancy` | the queue to the events' delivery thread; owned topics' shards and presence keys on this node | `Occupancy` | topics lost this turn to their owners | — |
 //! | [`history`] (+ [`history_cluster`]) | owned topics' histories, joins waiting for their position | `Sequence`, `RecoveryAsk`, `RecoveryAnswer`, `Sequenced`, `HistoryRead` | — | expire histories |
 
 pub mod channels;
@@ -328,10 +328,12 @@ impl Shard {
 
     /// Each component's end of turn, in the order their output depends on:
     /// presence diffs (and the states that must follow them), then the
-    /// long-poll answers that carry this turn's messages, then one write
+    /// topics lost this turn (after their members), then the long-poll
+    /// answers that carry this turn's messages, then one write
     /// per connection (invariant 2).
     fn end_of_turn(&mut self, now: Instant) {
         self.presence_end_of_turn(now);
+        self.occupancy_end_of_turn();
         self.longpoll_end_of_turn(now);
         self.flush_all(now);
     }

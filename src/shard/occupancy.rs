@@ -6,6 +6,7 @@
 //! | entry point | when |
 //! | --- | --- |
 //! | [`Shard::shard_occupancy`] | this shard got a topic's first subscriber, or lost its last |
+//! | [`Shard::occupancy_end_of_turn`] | end of turn: the losses go to the owners |
 //! | [`Shard::on_occupancy`] | (owner) a shard of this node reported that |
 //! | [`Shard::presence_members`] | (owner) a presence diff of this node was applied |
 //! | [`Shard::release_occupancy`] | (owner, one node) the shard stops: what it still holds goes |
@@ -36,12 +37,39 @@ impl Shard {
     }
 
     /// This shard has its first subscriber of `topic` (`occupied`) or lost
-    /// its last: the topic's owner on this node hears it.
+    /// its last: the topic's owner on this node hears it — a loss at the
+    /// end of the turn, after the turn's presence diffs, so the last
+    /// member's `member_removed` comes before the `channel_vacated`.
     pub(super) fn shard_occupancy(&mut self, topic: &str, occupied: bool) {
         let kinds = [EventKind::ChannelOccupied, EventKind::ChannelVacated];
         if !self.wants_any(kinds, topic) {
             return;
         }
+        let pending = &mut self.lifecycle.vacated_this_turn;
+        if !occupied {
+            return pending.push(topic.to_string());
+        }
+        if let Some(at) = pending.iter().position(|t| t == topic) {
+            // Lost and taken again within the turn: no change to report.
+            pending.swap_remove(at);
+            return;
+        }
+        self.report_occupancy(topic, true);
+    }
+
+    /// End of turn (after presence): the topics this shard lost.
+    pub(super) fn occupancy_end_of_turn(&mut self) {
+        if self.lifecycle.vacated_this_turn.is_empty() {
+            return;
+        }
+        let mut vacated = std::mem::take(&mut self.lifecycle.vacated_this_turn);
+        for topic in vacated.drain(..) {
+            self.report_occupancy(&topic, false);
+        }
+        self.lifecycle.vacated_this_turn = vacated; // keeps its allocation
+    }
+
+    fn report_occupancy(&mut self, topic: &str, occupied: bool) {
         let owner = self.history_owner(topic);
         if owner == self.id {
             return self.on_occupancy(topic, self.id, occupied);
@@ -72,7 +100,9 @@ impl Shard {
     pub(super) fn presence_members(&mut self, sync: &PresenceSync) {
         let topic = &sync.diff.topic;
         let kinds = [EventKind::MemberAdded, EventKind::MemberRemoved];
-        if self.is_stopping()
+        // Cheapest first: this runs for every diff on every shard.
+        if !kinds.iter().any(|k| self.lifecycle.wants(*k))
+            || self.is_stopping()
             || sync.broadcast.origin().node != self.distributor.node()
             || self.history_owner(topic) != self.id
             || !self.wants_any(kinds, topic)
