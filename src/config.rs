@@ -37,6 +37,7 @@ use crate::cluster::ClusterConfig;
 use crate::connect::ConnectPolicy;
 use crate::history::HistoryConfig;
 use crate::hooks::HooksConfig;
+use crate::phoenix_pubsub::config::PhoenixPubSubConfig;
 use crate::routes::Routes;
 use crate::transport::origin::OriginPolicy;
 
@@ -99,6 +100,9 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[history]`: limits of the routes' topic histories.
     pub history: HistoryConfig,
+    /// `[phoenix_pubsub]`: a Phoenix app's Redis PubSub, joined as a node
+    /// (off without `redis`).
+    pub phoenix_pubsub: PhoenixPubSubConfig,
 }
 
 impl Default for Config {
@@ -113,6 +117,7 @@ impl Default for Config {
             webhook: HooksConfig::default(),
             cluster: ClusterConfig::default(),
             history: HistoryConfig::default(),
+            phoenix_pubsub: PhoenixPubSubConfig::default(),
         }
     }
 }
@@ -127,6 +132,7 @@ struct ConfigFile {
     webhook: HooksConfig,
     cluster: ClusterConfig,
     history: HistoryConfig,
+    phoenix_pubsub: PhoenixPubSubConfig,
     channel: Vec<RouteEntry>,
 }
 
@@ -171,6 +177,7 @@ impl Config {
             webhook: file.webhook,
             cluster: file.cluster,
             history: file.history,
+            phoenix_pubsub: file.phoenix_pubsub,
         };
         config.validate()?;
         Ok(config)

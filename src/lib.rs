@@ -21,6 +21,7 @@
 //! | [`longpoll`] | the long-poll transport: session tokens, the HTTP exchange, buffered messages |
 //! | [`history`] | topic history: positions, each topic's retained broadcasts, recovery on rejoin |
 //! | [`cluster`] | several nodes over Redis: the bus thread, its envelope, membership and the presence ledger |
+//! | [`phoenix_pubsub`] | Phoenix PubSub's Redis format (Erlang terms): Phoenix broadcasts read, Cinder's written, sans I/O |
 //! | [`wire`] | the big-endian byte forms one Cinder process writes for another |
 //! | [`presence`] | presence tracking, per-turn diffs and each shard's replica of the state |
 //! | [`config`] | the TOML configuration, defaults and validation |
@@ -47,6 +48,7 @@ pub mod limits;
 pub mod longpoll;
 pub mod memory;
 pub mod metrics;
+pub mod phoenix_pubsub;
 pub mod presence;
 pub mod protocol;
 pub mod routes;

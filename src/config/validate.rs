@@ -62,6 +62,9 @@ impl Config {
         self.history
             .validate()
             .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+        self.phoenix_pubsub
+            .validate()
+            .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
         if self.cluster.enabled() && socket.longpoll.enabled && socket.longpoll.secret.is_none() {
             // Behind a load balancer a session's requests land on any node;
             // each must verify the others' tokens.

@@ -438,7 +438,7 @@ impl Worker {
     /// they were made, while it has room.
     fn drain(&mut self) {
         while self.pipeline.room() > 0 {
-            let Some(queued) = self.queues.next() else {
+            let Some(queued) = self.queues.pop_next() else {
                 return;
             };
             self.pipeline.push(queued.enqueued, &queued.json);

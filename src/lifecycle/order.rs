@@ -89,7 +89,7 @@ impl MergedQueues {
     }
 
     /// The next event in the order they were queued, if any is waiting.
-    pub fn next(&mut self) -> Option<Queued> {
+    pub fn pop_next(&mut self) -> Option<Queued> {
         for look in 1..=LOOKS {
             if !self.ready() {
                 return None;
@@ -113,7 +113,7 @@ impl MergedQueues {
     /// Empties every queue; how many events that dropped.
     pub fn discard_all(&mut self) -> usize {
         let mut count = 0;
-        while self.next().is_some() {
+        while self.pop_next().is_some() {
             count += 1;
         }
         count
@@ -136,7 +136,7 @@ mod tests {
             numbering.push(queue, text.as_bytes().to_vec()).unwrap();
         }
         let mut merged = MergedQueues::new(vec![a_rx, b_rx]);
-        let order: Vec<String> = std::iter::from_fn(|| merged.next())
+        let order: Vec<String> = std::iter::from_fn(|| merged.pop_next())
             .map(|q| String::from_utf8(q.json).unwrap())
             .collect();
         assert_eq!(order, ["1", "2", "3", "4", "5"]);
@@ -151,9 +151,9 @@ mod tests {
         assert!(numbering.push(&a, b"refused".to_vec()).is_err());
         numbering.push(&b, b"second".to_vec()).unwrap();
         let mut merged = MergedQueues::new(vec![a_rx, b_rx]);
-        assert_eq!(merged.next().unwrap().seq, 0);
-        assert_eq!(merged.next().unwrap().seq, 1);
-        assert!(merged.next().is_none());
+        assert_eq!(merged.pop_next().unwrap().seq, 0);
+        assert_eq!(merged.pop_next().unwrap().seq, 1);
+        assert!(merged.pop_next().is_none());
     }
 
     #[test]
@@ -174,7 +174,7 @@ mod tests {
         let mut merged = MergedQueues::new(receivers);
         let mut seen = Vec::new();
         while seen.len() < 2000 {
-            if let Some(queued) = merged.next() {
+            if let Some(queued) = merged.pop_next() {
                 seen.push(queued.seq);
             }
         }
