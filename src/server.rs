@@ -31,6 +31,9 @@ use crate::lifecycle::delivery::{self, DeliveryConfig, DeliveryThread};
 use crate::longpoll::random_bytes;
 use crate::longpoll::token::TokenSigner;
 use crate::metrics::ShardMetrics;
+use crate::phoenix_pubsub::bridge::{
+    self as pubsub_bridge, BridgeError, BridgeSetup, BridgeThread,
+};
 use crate::shard::inbox::{inbox, ShardInbox, ShardMessage};
 use crate::shard::{Shard, ShardSetup};
 
@@ -77,6 +80,9 @@ pub enum StartError {
     /// The cluster bus could not start.
     #[error(transparent)]
     Cluster(#[from] BusError),
+    /// The Phoenix PubSub bridge could not start.
+    #[error(transparent)]
+    PhoenixPubSub(#[from] BridgeError),
 }
 
 /// A running server: its address, and the means to stop it.
@@ -90,6 +96,8 @@ pub struct ServerHandle {
     bus: Option<BusThread>,
     /// The lifecycle events' delivery thread, when events are on.
     events: Option<DeliveryThread>,
+    /// The Phoenix PubSub bridge, when `[phoenix_pubsub]` is on.
+    bridge: Option<BridgeThread>,
     /// How long the events' delivery may take at shutdown.
     shutdown_timeout: std::time::Duration,
 }
@@ -129,6 +137,9 @@ impl ServerHandle {
                 Ok(Err(e)) => result = Err(e),
                 Err(_) => result = Err(io::Error::other("a shard thread panicked")),
             }
+        }
+        if let Some(bridge) = self.bridge {
+            bridge.stop();
         }
         // The shards are gone; the bus tells the other nodes and releases
         // what this node held (its events queued too). Deliver what is
@@ -242,6 +253,32 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         }
         false => (None, None),
     };
+    let cluster_name = config.cluster.enabled().then(|| {
+        config
+            .cluster
+            .node_name
+            .clone()
+            .unwrap_or_else(|| cluster::default_node_name(instance))
+    });
+
+    // The Phoenix PubSub bridge: its handle goes to every shard.
+    let (bridge_handle, bridge) = if config.phoenix_pubsub.enabled() {
+        let node_name = config
+            .phoenix_pubsub
+            .node_name_with(cluster_name.as_deref())
+            .map_err(BridgeError::NodeName)?;
+        let setup = BridgeSetup {
+            config: config.phoenix_pubsub.clone(),
+            node_name,
+            node: NodeId(instance),
+            shards: inboxes.clone(),
+            cluster: cluster.as_ref().map(|c| c.status().clone()),
+        };
+        let (handle, thread) = pubsub_bridge::spawn(setup)?;
+        (Some(handle), Some(thread))
+    } else {
+        (None, None)
+    };
 
     // Lifecycle events: one delivery thread, one queue per shard, when the
     // backend asked for events and some route has `lifecycle`.
@@ -295,6 +332,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             cluster: cluster.clone(),
             stopping: stopping.clone(),
             events: producers[id].take(),
+            bridge: bridge_handle.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("cinder-shard-{id}"))
@@ -310,11 +348,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
     }
     let bus = match (cluster, bus_queues) {
         (Some(handle), Some(queues)) => {
-            let name = config
-                .cluster
-                .node_name
-                .clone()
-                .unwrap_or_else(|| cluster::default_node_name(instance));
+            let name = cluster_name.clone().unwrap_or_default();
             tracing::info!(node = %name, redis = config.cluster.redis.as_deref().unwrap_or(""), "cluster node");
             let setup = BusSetup {
                 config: config.cluster.clone(),
@@ -336,6 +370,9 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
                         stopping: stopping.clone(),
                     }
                     .stop();
+                    if let Some(bridge) = bridge {
+                        bridge.stop();
+                    }
                     return Err(error.into());
                 }
             }
@@ -347,6 +384,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         local_addr,
         inboxes,
         stopping,
+        bridge,
         threads,
         bus,
         events: events_thread,

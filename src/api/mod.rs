@@ -42,6 +42,8 @@ pub trait ApiHost {
     fn metrics_text(&self) -> String;
     /// The `cluster` object of `/healthz`, when this node is one of several.
     fn cluster_health(&self) -> Option<String>;
+    /// The `phoenix_pubsub` object of `/healthz`, when bridged to an app.
+    fn bridge_health(&self) -> Option<String>;
 }
 
 /// An answer, before HTTP framing.
@@ -215,12 +217,18 @@ fn history_page(host: &mut dyn ApiHost, request: &Request, _: &ApiSettings) -> A
 
 /// `GET /healthz`: 200 while the node serves — in a cluster too, whether
 /// Redis is up or not (the node keeps serving its own clients), with the
-/// bus's state in `cluster`.
+/// bus's state in `cluster` and the Phoenix PubSub bridge's in
+/// `phoenix_pubsub`.
 fn health(host: &mut dyn ApiHost, _: &Request, _: &ApiSettings) -> ApiResponse {
-    match host.cluster_health() {
-        Some(cluster) => ApiResponse::json(format!(r#"{{"status":"ok","cluster":{cluster}}}"#)),
-        None => ApiResponse::json(&br#"{"status":"ok"}"#[..]),
+    let mut body = String::from(r#"{"status":"ok""#);
+    if let Some(cluster) = host.cluster_health() {
+        body.push_str(&format!(r#","cluster":{cluster}"#));
     }
+    if let Some(bridge) = host.bridge_health() {
+        body.push_str(&format!(r#","phoenix_pubsub":{bridge}"#));
+    }
+    body.push('}');
+    ApiResponse::json(body)
 }
 
 /// `GET /metrics`.
@@ -263,6 +271,10 @@ mod tests {
             "m 1\n".into()
         }
         fn cluster_health(&self) -> Option<String> {
+            None
+        }
+
+        fn bridge_health(&self) -> Option<String> {
             None
         }
     }

@@ -148,7 +148,9 @@ async fn run(setup: BusSetup, info: ConnectionInfo, mut stop: mpsc::UnboundedRec
         status: status.clone(),
         events: events.clone(),
     };
-    let link = match Link::new(info, config.sharded, push) {
+    let push = Arc::new(push);
+    let on_push = move |info| push.on_push(info);
+    let link = match Link::new(info, config.sharded, on_push) {
         Ok(link) => link,
         Err(error) => {
             tracing::error!(%error, "cluster: cannot set up the Redis connection; running as one node");
@@ -527,6 +529,9 @@ impl Bus {
             Envelope::Heartbeat { name, .. } => Some(name.as_str()),
             _ => None,
         };
+        if let Some(name) = name {
+            self.status.note_name(name);
+        }
         if !matches!(received.envelope, Envelope::Leaving) {
             let name = name.map(str::to_string);
             self.heard(from, name.as_deref());

@@ -126,15 +126,22 @@ pub enum Link {
 }
 
 impl Link {
-    /// The link for `info`, delivering pushes to `push`. Must run inside
-    /// the bus's runtime; connects lazily.
-    pub fn new(info: ConnectionInfo, sharded: bool, push: PushHandler) -> RedisResult<Link> {
+    /// The link for `info`, handing pushes (messages, disconnections) to
+    /// `on_push` in the connection's task. Must run inside a tokio runtime;
+    /// connects lazily. Also the Phoenix PubSub bridge's connection.
+    pub fn new<F>(info: ConnectionInfo, sharded: bool, on_push: F) -> RedisResult<Link>
+    where
+        F: Fn(PushInfo) + Send + Sync + Clone + 'static,
+    {
         let redis = info
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
         let info = info.set_redis_settings(redis);
-        let sender = move |push_info: PushInfo| push.on_push(push_info);
+        let sender = move |push_info: PushInfo| -> Result<(), std::convert::Infallible> {
+            on_push(push_info);
+            Ok(())
+        };
         if sharded {
             let client = ClusterClientBuilder::new(vec![info])
                 .use_protocol(ProtocolVersion::RESP3)
@@ -174,7 +181,7 @@ impl Link {
     }
 
     /// Publishes `messages` in order.
-    async fn publish(&mut self, messages: Vec<(String, Outgoing)>) -> RedisResult<()> {
+    pub async fn publish(&mut self, messages: Vec<(String, Outgoing)>) -> RedisResult<()> {
         match self {
             Link::Single(manager) => {
                 let mut pipe = redis::pipe();
@@ -244,7 +251,7 @@ impl Link {
 
     /// Runs one command and returns its answer (routed by its key on a
     /// Redis Cluster).
-    async fn query(&mut self, command: &redis::Cmd) -> RedisResult<Value> {
+    pub async fn query(&mut self, command: &redis::Cmd) -> RedisResult<Value> {
         match self {
             Link::Single(manager) => command.query_async(manager).await,
             Link::Cluster { client, connection } => {
@@ -259,7 +266,7 @@ impl Link {
     }
 
     /// Subscribes (`listen`) or unsubscribes from `channels`.
-    async fn subscription(&mut self, channels: &[String], listen: bool) -> RedisResult<()> {
+    pub async fn subscription(&mut self, channels: &[String], listen: bool) -> RedisResult<()> {
         if channels.is_empty() {
             return Ok(());
         }
@@ -458,7 +465,8 @@ pub struct PushHandler {
 }
 
 impl PushHandler {
-    fn on_push(&self, info: PushInfo) -> Result<(), std::convert::Infallible> {
+    /// Handles one push.
+    pub fn on_push(&self, info: PushInfo) {
         match info.kind {
             PushKind::Message | PushKind::SMessage => {
                 if let Some(Value::BulkString(bytes)) = info.data.into_iter().nth(1) {
@@ -470,7 +478,6 @@ impl PushHandler {
             }
             _ => {}
         }
-        Ok(())
     }
 
     fn on_message(&self, bytes: Vec<u8>) {

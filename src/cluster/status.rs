@@ -2,8 +2,10 @@
 //! sees, and its counters, written by the bus thread (and the shards, for
 //! what they could not hand it) and read by `/healthz` and `/metrics`.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bounds, in seconds, of the publish round-trip histogram's buckets.
@@ -35,6 +37,10 @@ pub struct ClusterStatus {
     pub nodes_joined: AtomicU64,
     /// Nodes declared down (silent, or leaving).
     pub nodes_left: AtomicU64,
+    /// The names of the nodes heard (never forgotten: a name comes back
+    /// with its node), for the Phoenix PubSub bridge to tell a Cinder
+    /// node's broadcast, delivered through the cluster already.
+    names: Mutex<HashSet<String>>,
     rtt_buckets: [AtomicU64; RTT_BUCKETS.len()],
     rtt_count: AtomicU64,
     rtt_sum_us: AtomicU64,
@@ -59,6 +65,20 @@ impl ClusterStatus {
     pub fn set_counts(&self, nodes_up: usize, topics: usize) {
         self.nodes_up.store(nodes_up as u64, Ordering::Relaxed);
         self.topics.store(topics as u64, Ordering::Relaxed);
+    }
+
+    /// Records the name of a node heard (by its heartbeat).
+    pub fn note_name(&self, name: &str) {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if !names.contains(name) {
+            names.insert(name.to_string());
+        }
+    }
+
+    /// Whether `name` is the name of a node of this cluster ever heard.
+    pub fn is_node_name(&self, name: &str) -> bool {
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        names.contains(name)
     }
 
     /// Records one publish round trip to Redis.

@@ -63,6 +63,10 @@ pub struct Incoming {
     /// The payload: a JSON object's text, as Phoenix would have written it,
     /// or the bytes of a `{binary, Bytes}` payload.
     pub payload: Payload,
+    /// The node that sent it (`except` messages: the publisher; `only`:
+    /// this node), by its text: with `[cluster]`, a broadcast another
+    /// Cinder node published reached this one through the cluster already.
+    pub sender: String,
 }
 
 /// Why a message is not delivered: one label each for metrics.
@@ -211,6 +215,7 @@ pub fn classify(bytes: &[u8], this_node: &str) -> Result<Incoming, Ignored> {
 
     let topic = text(topic)?;
     let event = text(broadcast.event)?;
+    let sender = String::from_utf8_lossy(&node).into_owned();
     let payload = match broadcast.payload {
         Term::Tuple(pair) => match <[Term; 2]>::try_from(pair) {
             Ok([Term::Atom(tag), Term::Binary(bytes)]) if tag == "binary" => Payload::Binary(bytes),
@@ -227,6 +232,7 @@ pub fn classify(bytes: &[u8], this_node: &str) -> Result<Incoming, Ignored> {
         topic,
         event,
         payload,
+        sender,
     })
 }
 

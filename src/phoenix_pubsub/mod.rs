@@ -19,16 +19,22 @@
 //! | `json.rs` | a decoded payload as the JSON Phoenix's encoder (Jason) would write, or why it could not |
 //! | `message.rs` | [`classify`]: the adapter's envelope, its routing (`except`/`only`), dispatcher and broadcast struct |
 //! | `encode.rs` | [`encode()`]: a Cinder broadcast as the adapter's term, optionally compressed |
+//! | [`config`] | `[phoenix_pubsub]` |
+//! | [`bridge`] | the bridge thread: the app's channel on Redis, read and written; the shards' handle |
+//! | [`status`] | `/healthz` and `/metrics` of the bridge |
 //! | `*_tests.rs` | each file's tests: the shared fixtures, and terms made and read by Erlang/OTP (`erl`, which they require) |
 //!
-//! Nothing here opens a connection or reads configuration: the Redis side
-//! (subscribing, publishing, counting the [`Ignored`] labels) belongs to
-//! the bus thread that calls these functions.
+//! The codec (`term`, `json`, `message`, `encode`) opens no connection and
+//! reads no configuration: the Redis side (subscribing, publishing,
+//! counting the [`Ignored`] labels) is the bridge thread's, which calls it
+//! once per message, off the shards.
 
+pub mod bridge;
 pub mod config;
 pub mod encode;
 pub mod json;
 pub mod message;
+pub mod status;
 pub mod term;
 
 /// The tags of the external term format: what `term.rs` reads and

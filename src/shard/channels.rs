@@ -186,8 +186,12 @@ impl Shard {
     }
 
     /// Publishes a broadcast from this shard: the distributor sends it to
-    /// the other shards, and local subscribers get it at once.
+    /// the other shards (and the bus, to other nodes; the bridge, to a
+    /// Phoenix app's), and local subscribers get it at once.
     pub(super) fn publish(&mut self, content: Content, sender: Option<ClientId>, now: Instant) {
+        if let Some(bridge) = &self.bridge {
+            bridge.publish(&content); // to the Phoenix app's nodes
+        }
         if let Some(retention) = self.retention(content.topic()) {
             return self.publish_history(content, sender, retention, now);
         }

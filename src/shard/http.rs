@@ -197,11 +197,19 @@ impl ApiHost for ApiOnShard<'_> {
         if let Some(cluster) = self.shard.distributor.cluster() {
             cluster.status().render_prometheus(&mut text);
         }
+        if let Some(bridge) = &self.shard.bridge {
+            bridge.status().render_prometheus(&mut text);
+        }
         text
     }
 
     fn cluster_health(&self) -> Option<String> {
         let cluster = self.shard.distributor.cluster()?;
         Some(cluster.status().health_json())
+    }
+
+    fn bridge_health(&self) -> Option<String> {
+        let bridge = self.shard.bridge.as_ref()?;
+        Some(bridge.status().health_json())
     }
 }

@@ -130,6 +130,8 @@ pub struct ShardSetup {
     pub cluster: Option<crate::cluster::ClusterHandle>,
     /// Set (before any shard hears `Shutdown`) when the server stops.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// The Phoenix PubSub bridge, when `[phoenix_pubsub]` is on.
+    pub bridge: Option<crate::phoenix_pubsub::bridge::BridgeHandle>,
     /// This shard's queue to the lifecycle events' delivery thread, and
     /// its counters, when events are on.
     pub events: Option<(
@@ -192,6 +194,8 @@ pub struct Shard {
     history: history::ShardHistory,
     /// Component: lifecycle events for the backend.
     lifecycle: lifecycle::ShardLifecycle,
+    /// Where this node's broadcasts go to a Phoenix app, when bridged.
+    bridge: Option<crate::phoenix_pubsub::bridge::BridgeHandle>,
 }
 
 impl Shard {
@@ -211,6 +215,7 @@ impl Shard {
             cluster,
             events,
             stopping,
+            bridge,
         } = setup;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -266,6 +271,7 @@ impl Shard {
             awaited: subscriptions::AwaitedTopics::default(),
             history,
             lifecycle,
+            bridge,
         })
     }
 
