@@ -68,6 +68,7 @@ fn metric(server: &TestServer, line: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {line} in /metrics"))
 }
 
+/// PUBLISHes `bytes` on the app's channel, as an app node would.
 fn publish(redis: &Redis, bytes: &[u8]) {
     let reply = redis.command_args(&[b"PUBLISH", CHANNEL.as_bytes(), bytes]);
     assert!(reply.starts_with(':'), "PUBLISH answered {reply}");
@@ -453,4 +454,66 @@ fn a_bridge_with_another_name_receives_what_one_named_cinder_1_ignores() {
         0,
         "publish = false"
     );
+}
+
+#[test]
+fn with_a_cluster_every_client_gets_each_broadcast_once_whichever_way_it_came() {
+    let bus = Redis::start();
+    let app_redis = Redis::start();
+    let extra = format!(
+        "[phoenix_pubsub]\nredis = \"{}\"\nname = \"Peer.PubSub\"\n",
+        app_redis.url()
+    );
+    let a = common::cluster::Node::start(&bus.url(), "node-a", 2, &extra);
+    let b = common::cluster::Node::start(&bus.url(), "node-b", 2, &extra);
+    for node in [&a, &b] {
+        node.wait_cluster(2);
+        wait_until("the node's bridge subscribed", || {
+            let (_, body) = node.get("/healthz");
+            let health: Value = serde_json::from_str(&body).unwrap();
+            health["phoenix_pubsub"]["redis"] == "up"
+        });
+    }
+    let mut app = Subscriber::new(&app_redis);
+    let mut on_a = a.connect();
+    on_a.join("room:lobby", "1");
+    let mut on_b = b.connect();
+    on_b.join("room:lobby", "1");
+
+    // Published on node A: B's clients get it through the cluster, and
+    // B's bridge ignores the app channel's copy (node A's, by its name).
+    let (status, _) = a.post(
+        "/api/broadcast",
+        r#"{"topic":"room:lobby","event":"from_a","payload":{}}"#,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(on_a.recv_json()[3], "from_a");
+    assert_eq!(on_b.recv_json()[3], "from_a");
+    let term = app.message();
+    assert_eq!(
+        erlang_reads(
+            &term,
+            "{3, except, 'node-a', <<\"room:lobby\">>, #{'__struct__' => 'Elixir.Phoenix.Socket.Broadcast', \
+             topic => <<\"room:lobby\">>, event => <<\"from_a\">>, payload => #{}}, 'Elixir.Phoenix.Channel.Server'}"
+        ),
+        "true",
+        "published by node-a under its cluster name"
+    );
+    // From the app: every node delivers it to its own clients.
+    publish(&app_redis, &fixture("captured/http-broadcast"));
+    publish(&app_redis, &marker("end"));
+    for client in [&mut on_a, &mut on_b] {
+        assert_eq!(client.recv_json()[3], "new_msg");
+        assert_eq!(client.recv_json()[3], "end", "nothing twice");
+    }
+    let ignored = |node: &common::cluster::Node, reason: &str| {
+        node.metric(&format!(
+            "cinder_phoenix_pubsub_ignored_total{{reason=\"{reason}\"}}"
+        ))
+    };
+    wait_until("the echoes counted", || {
+        ignored(&b, "cinder_peer") == 1 && ignored(&a, "own_echo") == 1
+    });
+    assert_eq!(a.metric("cinder_phoenix_pubsub_published_total"), 1);
+    assert_eq!(b.metric("cinder_phoenix_pubsub_published_total"), 0);
 }

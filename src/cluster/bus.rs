@@ -601,8 +601,16 @@ impl Bus {
         }
     }
 
-    /// Publishes everything this node owns.
+    /// Publishes everything this node owns (and its name).
     fn announce(&mut self) {
+        // With its name first: a node that hears of this one through the
+        // snapshot knows its name at once, not a heartbeat later (the
+        // Phoenix PubSub bridge tells Cinder nodes' broadcasts by name).
+        self.heartbeats += 1;
+        self.publish_control(&Envelope::Heartbeat {
+            name: self.name.clone(),
+            sequence: self.heartbeats,
+        });
         let snapshot = self.ledger.snapshot(self.node);
         self.publish_control(&Envelope::PresenceSnapshot(snapshot));
     }
