@@ -21,7 +21,7 @@
 //! | [`longpoll`] | the long-poll transport: session tokens, the HTTP exchange, buffered messages |
 //! | [`history`] | topic history: positions, each topic's retained broadcasts, recovery on rejoin |
 //! | [`cluster`] | several nodes over Redis: the bus thread, its envelope, membership and the presence ledger |
-//! | [`phoenix_pubsub`] | Phoenix PubSub's Redis format (Erlang terms): Phoenix broadcasts read, Cinder's written, sans I/O |
+//! | [`phoenix_pubsub`] | a Phoenix app's Redis PubSub joined as a node: its Erlang terms read and written (sans I/O), the bridge thread |
 //! | [`wire`] | the big-endian byte forms one Cinder process writes for another |
 //! | [`presence`] | presence tracking, per-turn diffs and each shard's replica of the state |
 //! | [`config`] | the TOML configuration, defaults and validation |
