@@ -127,6 +127,21 @@ const METRICS: [(&str, &str, Field, &str); 28] = [
     ("cinder_history_gaps_lost_total",          "counter", |m| &m.history_gaps_lost,    "Cluster: gaps that could not be filled (subscribers got phx_error)."),
 ];
 
+/// One process-wide metric without labels: name, type (`counter` or
+/// `gauge`), value, help.
+pub type MetricRow<'a> = (&'a str, &'a str, u64, &'a str);
+
+/// Writes process-wide metrics without labels in the Prometheus text
+/// format (the cluster bus's, the bridge's, the lifecycle events').
+pub fn write_rows(out: &mut String, rows: &[MetricRow<'_>]) {
+    for (name, kind, value, help) in rows {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+}
+
 /// Renders all shards' counters in the Prometheus text format.
 pub fn render_prometheus(shards: &[ShardMetrics]) -> String {
     let mut out = String::with_capacity(4096);

@@ -13,12 +13,42 @@ const RTT_BUCKETS: [f64; 12] = [
     0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
 
+/// Whether a Redis connection answers, and since when: the bus's and the
+/// Phoenix PubSub bridge's.
+#[derive(Debug, Default)]
+pub struct RedisHealth {
+    up: AtomicBool,
+    /// Unix milliseconds of the last change of `up`.
+    since_ms: AtomicU64,
+}
+
+impl RedisHealth {
+    /// Records whether Redis answers, as of `now_ms`.
+    pub fn set(&self, up: bool, now_ms: u64) {
+        if self.up.swap(up, Ordering::AcqRel) != up || self.since_ms.load(Ordering::Acquire) == 0 {
+            self.since_ms.store(now_ms, Ordering::Release);
+        }
+    }
+
+    /// Whether Redis answered last time it was asked.
+    pub fn up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// `"redis":"up"|"down","since":<ms>`, for a `/healthz` object.
+    pub fn json_fields(&self) -> String {
+        format!(
+            r#""redis":"{}","since":{}"#,
+            if self.up() { "up" } else { "down" },
+            self.since_ms.load(Ordering::Acquire)
+        )
+    }
+}
+
 /// The bus's state and counters.
 #[derive(Debug, Default)]
 pub struct ClusterStatus {
-    redis_up: AtomicBool,
-    /// Unix milliseconds of the last change of `redis_up`.
-    since_ms: AtomicU64,
+    redis: RedisHealth,
     /// Other nodes heard within `node_timeout_ms`.
     nodes_up: AtomicU64,
     /// Topics whose channel this node listens to.
@@ -49,16 +79,12 @@ pub struct ClusterStatus {
 impl ClusterStatus {
     /// Records whether Redis answers, as of `now_ms`.
     pub fn set_redis(&self, up: bool, now_ms: u64) {
-        if self.redis_up.swap(up, Ordering::AcqRel) != up
-            || self.since_ms.load(Ordering::Acquire) == 0
-        {
-            self.since_ms.store(now_ms, Ordering::Release);
-        }
+        self.redis.set(up, now_ms);
     }
 
     /// Whether Redis answered last time it was asked.
     pub fn redis_up(&self) -> bool {
-        self.redis_up.load(Ordering::Acquire)
+        self.redis.up()
     }
 
     /// Records the number of other nodes up and of topics listened to.
@@ -101,9 +127,8 @@ impl ClusterStatus {
     /// the nodes up, this one included.
     pub fn health_json(&self) -> String {
         format!(
-            r#"{{"redis":"{}","since":{},"nodes":{}}}"#,
-            if self.redis_up() { "up" } else { "down" },
-            self.since_ms.load(Ordering::Acquire),
+            r#"{{{},"nodes":{}}}"#,
+            self.redis.json_fields(),
             self.nodes_up.load(Ordering::Relaxed) + 1
         )
     }
@@ -124,12 +149,7 @@ impl ClusterStatus {
             ("cinder_cluster_nodes_joined_total",       "counter", load(&self.nodes_joined),   "Nodes seen coming up."),
             ("cinder_cluster_nodes_left_total",         "counter", load(&self.nodes_left),     "Nodes declared down (silent for node_timeout_ms, or leaving)."),
         ];
-        for (name, kind, value, help) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
+        crate::metrics::write_rows(out, &rows);
         let name = "cinder_cluster_publish_rtt_seconds";
         let _ = writeln!(
             out,

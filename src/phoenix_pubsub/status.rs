@@ -3,9 +3,10 @@
 //! they could not hand it) and read by `/healthz` and `/metrics`.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::message::Ignored;
+use crate::cluster::status::RedisHealth;
 
 /// The labels of ignored messages: the decoder's, and `cinder_peer` (a
 /// broadcast another Cinder node of this cluster published, delivered here
@@ -27,9 +28,7 @@ pub struct BridgeStatus {
     pub channel: String,
     /// This node's name among the app's nodes.
     pub node_name: String,
-    redis_up: AtomicBool,
-    /// Unix milliseconds of the last change of `redis_up`.
-    since_ms: AtomicU64,
+    redis: RedisHealth,
     /// Messages read from the app's channel.
     pub received: AtomicU64,
     /// Messages handed to the shards as broadcasts.
@@ -50,8 +49,7 @@ impl BridgeStatus {
         BridgeStatus {
             channel,
             node_name,
-            redis_up: AtomicBool::new(false),
-            since_ms: AtomicU64::new(0),
+            redis: RedisHealth::default(),
             received: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             ignored: Default::default(),
@@ -63,16 +61,12 @@ impl BridgeStatus {
 
     /// Records whether Redis answers, as of `now_ms`.
     pub fn set_redis(&self, up: bool, now_ms: u64) {
-        if self.redis_up.swap(up, Ordering::AcqRel) != up
-            || self.since_ms.load(Ordering::Acquire) == 0
-        {
-            self.since_ms.store(now_ms, Ordering::Release);
-        }
+        self.redis.set(up, now_ms);
     }
 
     /// Whether Redis answered last time it was asked.
     pub fn redis_up(&self) -> bool {
-        self.redis_up.load(Ordering::Acquire)
+        self.redis.up()
     }
 
     /// Counts one ignored message under `label` (one of [`IGNORED_LABELS`]).
@@ -90,10 +84,8 @@ impl BridgeStatus {
     /// The `phoenix_pubsub` object of `/healthz`.
     pub fn health_json(&self) -> String {
         let mut out = Vec::with_capacity(128);
-        out.extend_from_slice(b"{\"redis\":\"");
-        out.extend_from_slice(if self.redis_up() { b"up" } else { b"down" });
-        out.extend_from_slice(b"\",\"since\":");
-        out.extend_from_slice(self.since_ms.load(Ordering::Acquire).to_string().as_bytes());
+        out.push(b'{');
+        out.extend_from_slice(self.redis.json_fields().as_bytes());
         out.extend_from_slice(b",\"channel\":");
         crate::protocol::message::write_json_string(&mut out, &self.channel);
         out.extend_from_slice(b",\"node\":");
@@ -114,12 +106,7 @@ impl BridgeStatus {
             ("cinder_phoenix_pubsub_dropped_total",     "counter", load(&self.dropped),        "Cinder broadcasts not published: queue full, Redis away, or not writable as a term."),
             ("cinder_phoenix_pubsub_reconnects_total",  "counter", load(&self.reconnects),     "Times the connection to the app's Redis came back after being lost."),
         ];
-        for (name, kind, value, help) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
+        crate::metrics::write_rows(out, &rows);
         let name = "cinder_phoenix_pubsub_ignored_total";
         let _ = writeln!(
             out,

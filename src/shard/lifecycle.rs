@@ -165,7 +165,6 @@ impl Shard {
 
     /// The lifecycle counters in Prometheus text, when events are on.
     pub(super) fn lifecycle_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
         use std::sync::atomic::Ordering::Relaxed;
         let Some(m) = &self.lifecycle.metrics else {
             return;
@@ -179,11 +178,6 @@ impl Shard {
             ("cinder_events_batches_total",   "counter", m.batches.load(Relaxed),   "Event batches delivered."),
             ("cinder_events_batch_latency_ms_sum", "counter", m.batch_latency_ms_sum.load(Relaxed), "Sum over delivered batches of the wait of their oldest event, in ms."),
         ];
-        for (name, kind, value, help) in rows {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
+        crate::metrics::write_rows(out, &rows);
     }
 }
