@@ -3,9 +3,10 @@
 //!
 //! Two kinds of connection, one behaviour:
 //!
-//! - **one Redis** (`sharded = false`): a `ConnectionManager` over RESP3,
-//!   so one connection publishes (`PUBLISH`), subscribes (`SUBSCRIBE`) and
-//!   receives, and reconnects by itself;
+//! - **one Redis** (`sharded = false`): one multiplexed connection over
+//!   RESP3 publishes (`PUBLISH`), subscribes (`SUBSCRIBE`) and receives; a
+//!   command that fails drops it and the next one connects again (the
+//!   owner's heartbeat or check brings it back and subscribes again);
 //! - **a Redis Cluster** (`sharded = true`): a cluster connection using
 //!   sharded pub/sub (`SPUBLISH`, `SSUBSCRIBE`), so each topic's messages
 //!   travel only through the Redis shard owning its channel's slot.
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::MultiplexedConnection;
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionInfo, ProtocolVersion, PushInfo, PushKind, RedisResult, Value};
@@ -114,8 +115,22 @@ pub enum Outgoing {
 
 /// The connection to Redis.
 pub enum Link {
-    /// One Redis (or a replica set behind one address).
-    Single(ConnectionManager),
+    /// One Redis (or a replica set behind one address), connected on
+    /// first use and after failures. Not redis-rs's `ConnectionManager`:
+    /// it hands pushes to the handler through an unbounded queue, so a
+    /// flood on a subscribed channel faster than the handler grows memory
+    /// without bound. A plain connection calls the handler as it reads, so
+    /// a slow handler slows the reading, and Redis's own output-buffer
+    /// limit for pub/sub clients bounds what waits (Redis then drops the
+    /// connection, and the owner reconnects and subscribes again).
+    Single {
+        /// Makes connections.
+        client: Box<redis::Client>,
+        /// Timeouts and the push handler.
+        config: redis::AsyncConnectionConfig,
+        /// The live connection, if any.
+        connection: Option<MultiplexedConnection>,
+    },
     /// A Redis Cluster, connected on first use and after failures.
     Cluster {
         /// Makes connections.
@@ -155,16 +170,31 @@ impl Link {
                 connection: None,
             });
         }
-        let config = ConnectionManagerConfig::new()
+        let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2))
             .set_push_sender(sender);
-        let client = redis::Client::open(info)?;
-        Ok(Link::Single(ConnectionManager::new_lazy_with_config(
-            client, config,
-        )?))
+        Ok(Link::Single {
+            client: Box::new(redis::Client::open(info)?),
+            config,
+            connection: None,
+        })
+    }
+
+    /// The single connection, connecting if there is none.
+    async fn single(
+        client: &redis::Client,
+        config: &redis::AsyncConnectionConfig,
+        connection: &mut Option<MultiplexedConnection>,
+    ) -> RedisResult<MultiplexedConnection> {
+        if let Some(connection) = connection {
+            return Ok(connection.clone());
+        }
+        let fresh = client
+            .get_multiplexed_async_connection_with_config(config)
+            .await?;
+        *connection = Some(fresh.clone());
+        Ok(fresh)
     }
 
     /// The cluster connection, connecting if there is none.
@@ -183,7 +213,12 @@ impl Link {
     /// Publishes `messages` in order.
     pub async fn publish(&mut self, messages: Vec<(String, Outgoing)>) -> RedisResult<()> {
         match self {
-            Link::Single(manager) => {
+            Link::Single {
+                client,
+                config,
+                connection,
+            } => {
+                let mut live = Self::single(client, config, connection).await?;
                 let mut pipe = redis::pipe();
                 for (channel, outgoing) in messages {
                     match outgoing {
@@ -192,7 +227,11 @@ impl Link {
                     }
                     .ignore();
                 }
-                pipe.exec_async(manager).await
+                let result = pipe.exec_async(&mut live).await;
+                if result.is_err() {
+                    *connection = None;
+                }
+                result
             }
             Link::Cluster { client, connection } => {
                 let result = Self::spublish(client, connection, messages).await;
@@ -253,7 +292,18 @@ impl Link {
     /// Redis Cluster).
     pub async fn query(&mut self, command: &redis::Cmd) -> RedisResult<Value> {
         match self {
-            Link::Single(manager) => command.query_async(manager).await,
+            Link::Single {
+                client,
+                config,
+                connection,
+            } => {
+                let mut live = Self::single(client, config, connection).await?;
+                let result = command.query_async(&mut live).await;
+                if result.is_err() {
+                    *connection = None;
+                }
+                result
+            }
             Link::Cluster { client, connection } => {
                 let mut live = Self::cluster(client, connection).await?;
                 let result = command.query_async(&mut live).await;
@@ -271,8 +321,22 @@ impl Link {
             return Ok(());
         }
         match self {
-            Link::Single(manager) if listen => manager.subscribe(channels).await,
-            Link::Single(manager) => manager.unsubscribe(channels).await,
+            Link::Single {
+                client,
+                config,
+                connection,
+            } => {
+                let mut live = Self::single(client, config, connection).await?;
+                let result = if listen {
+                    live.subscribe(channels).await
+                } else {
+                    live.unsubscribe(channels).await
+                };
+                if result.is_err() {
+                    *connection = None;
+                }
+                result
+            }
             Link::Cluster { client, connection } => {
                 let mut live = Self::cluster(client, connection).await?;
                 // One command per channel: channels of one command must
