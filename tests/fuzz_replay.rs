@@ -81,3 +81,8 @@ fn cluster_envelope() {
 fn config() {
     replay("config", cinder::fuzzing::config);
 }
+
+#[test]
+fn phoenix_term() {
+    replay("phoenix_term", cinder::fuzzing::phoenix_term);
+}

@@ -18,6 +18,7 @@
 //! | [`longpoll`] | [`split_post`], [`TokenSigner`], [`write_poll`] | at most [`MAX_POST_LINES`] frames, text lines as sent, binary lines canonical base64; a token verifies only if it is exactly what [`TokenSigner::sign`] makes of the address it names; poll bodies are JSON carrying the messages |
 //! | [`cluster_envelope`] | the cluster bus envelope's decoder | no panic; the 10-byte peeks (sender, broadcast or not) agree with the full decode; a decoded message re-encodes to bytes that decode to the same encoding |
 //! | [`config`] | [`Config::parse`] | an accepted config validates again and is sane; the verdict does not depend on the TOML's formatting or key order |
+//! | [`phoenix_term`] | Phoenix PubSub's Redis messages: [`classify`](crate::phoenix_pubsub::classify) and [`term::decode`](crate::phoenix_pubsub::term::decode) on any bytes; [`encode`](crate::phoenix_pubsub::encode()) on generated broadcasts | the element-by-element reading agrees with a whole decode (same error, or the verdict the rules give on the whole term); decoded terms within the limits and written back decode to themselves; compressed reads as plain; a broadcast read is one JSON object, re-encoded it is read elsewhere as itself and by its sender as its echo, and re-encodes to the same bytes; `encode` refuses exactly what it must and what it writes is read back as written |
 
 mod channels;
 mod cluster;
@@ -25,6 +26,7 @@ mod config;
 mod http;
 mod longpoll;
 mod messages;
+mod phoenix_term;
 mod websocket;
 
 pub use self::channels::channels;
@@ -33,6 +35,7 @@ pub use self::config::config;
 pub use self::http::http_request;
 pub use self::longpoll::longpoll;
 pub use self::messages::client_message;
+pub use self::phoenix_term::phoenix_term;
 pub use self::websocket::ws_frames;
 
 use std::collections::HashMap;
