@@ -4,9 +4,11 @@
 # alone, then while other clients keep joining a `join = "webhook"` topic whose
 # backend answers only after 5 s (the hook deadline is 1 s, the queue small,
 # so hooks time out and overflow the whole time), then while other clients
-# keep joining and leaving a `lifecycle` topic whose events go to that same
+# keep joining and leaving a `lifecycle` topic with presence whose events —
+# leave, disconnect, occupied/vacated, member added/removed — go to that same
 # backend (every delivery times out and is retried with backoff; the events
-# queue, small here, overflows and drops).
+# queue, small here, overflows and drops). The churn without lifecycle runs
+# on a presence route too, so the two differ by the events alone.
 #
 # Needs python3 (the deliberately slow backend). Usage:
 #   scripts/webhook-isolation.sh [seconds per window, default 5] [windows, default 3]
@@ -63,9 +65,11 @@ join = "webhook"
 pattern = "game:*"
 join = "public"
 lifecycle = true
+presence = true
 [[channel]]
 pattern = "churn:*"
 join = "public"
+presence = true
 [[channel]]
 pattern = "bench:*"
 join = "public"
