@@ -227,19 +227,12 @@ impl Link {
                     }
                     .ignore();
                 }
-                let result = pipe.exec_async(&mut live).await;
-                if result.is_err() {
-                    *connection = None;
-                }
-                result
+                forget_on_error(pipe.exec_async(&mut live).await, connection)
             }
-            Link::Cluster { client, connection } => {
-                let result = Self::spublish(client, connection, messages).await;
-                if result.is_err() {
-                    *connection = None;
-                }
-                result
-            }
+            Link::Cluster { client, connection } => forget_on_error(
+                Self::spublish(client, connection, messages).await,
+                connection,
+            ),
         }
     }
 
@@ -298,19 +291,11 @@ impl Link {
                 connection,
             } => {
                 let mut live = Self::single(client, config, connection).await?;
-                let result = command.query_async(&mut live).await;
-                if result.is_err() {
-                    *connection = None;
-                }
-                result
+                forget_on_error(command.query_async(&mut live).await, connection)
             }
             Link::Cluster { client, connection } => {
                 let mut live = Self::cluster(client, connection).await?;
-                let result = command.query_async(&mut live).await;
-                if result.is_err() {
-                    *connection = None;
-                }
-                result
+                forget_on_error(command.query_async(&mut live).await, connection)
             }
         }
     }
@@ -327,15 +312,14 @@ impl Link {
                 connection,
             } => {
                 let mut live = Self::single(client, config, connection).await?;
-                let result = if listen {
-                    live.subscribe(channels).await
-                } else {
-                    live.unsubscribe(channels).await
-                };
-                if result.is_err() {
-                    *connection = None;
-                }
-                result
+                forget_on_error(
+                    if listen {
+                        live.subscribe(channels).await
+                    } else {
+                        live.unsubscribe(channels).await
+                    },
+                    connection,
+                )
             }
             Link::Cluster { client, connection } => {
                 let mut live = Self::cluster(client, connection).await?;
@@ -347,15 +331,21 @@ impl Link {
                     } else {
                         live.sunsubscribe(channel).await
                     };
-                    if result.is_err() {
-                        *connection = None;
-                        return result;
-                    }
+                    forget_on_error(result, connection)?;
                 }
                 Ok(())
             }
         }
     }
+}
+
+/// A command's outcome; a failure drops the connection, so the next
+/// command connects again.
+fn forget_on_error<T, C>(result: RedisResult<T>, connection: &mut Option<C>) -> RedisResult<T> {
+    if result.is_err() {
+        *connection = None;
+    }
+    result
 }
 
 /// Sends what the main task queues, in order: consecutive publishes as one

@@ -10,9 +10,10 @@ use flate2::Compression;
 use serde_json::value::RawValue;
 
 use super::{Input, Pieces};
-use crate::phoenix_pubsub::json::{payload_to_json, JsonError};
+use crate::phoenix_pubsub::encode::{atom, binary};
+use crate::phoenix_pubsub::json::JsonError;
 use crate::phoenix_pubsub::message::{
-    Malformed, BROADCAST_STRUCT, CHANNEL_DISPATCHER, PRESENCE_TOPIC_PREFIX, VERSION,
+    payload_of, Malformed, BROADCAST_STRUCT, CHANNEL_DISPATCHER, PRESENCE_TOPIC_PREFIX, VERSION,
 };
 use crate::phoenix_pubsub::tag;
 use crate::phoenix_pubsub::term::{
@@ -310,8 +311,8 @@ fn write_term(term: &Term, out: &mut Vec<u8>) {
             out.push(tag::NEW_FLOAT);
             out.extend_from_slice(&value.to_be_bytes());
         }
-        Term::Atom(name) => write_atom(name, out),
-        Term::Binary(bytes) => write_binary(bytes, out),
+        Term::Atom(name) => atom(name, out),
+        Term::Binary(bytes) => binary(bytes, out),
         Term::Charlist(bytes) => {
             out.push(tag::STRING);
             out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
@@ -350,39 +351,22 @@ fn write_term(term: &Term, out: &mut Vec<u8>) {
     }
 }
 
-fn write_atom(name: &str, out: &mut Vec<u8>) {
-    match u8::try_from(name.len()) {
-        Ok(len) => out.extend_from_slice(&[tag::SMALL_ATOM_UTF8, len]),
-        Err(_) => {
-            out.push(tag::ATOM_UTF8);
-            out.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(name.as_bytes());
-}
-
-fn write_binary(bytes: &[u8], out: &mut Vec<u8>) {
-    out.push(tag::BINARY);
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
 /// One value of the kind, as current OTP writes it.
 fn write_opaque(kind: Opaque, out: &mut Vec<u8>) {
     match kind {
         Opaque::Pid => {
             out.push(tag::NEW_PID);
-            write_atom("phoenix@host", out);
+            atom("phoenix@host", out);
             out.extend_from_slice(&[0, 0, 0, 86, 0, 0, 0, 0, 0x65, 0x0a, 0x1b, 0x2c]);
         }
         Opaque::Port => {
             out.push(tag::V4_PORT);
-            write_atom("phoenix@host", out);
+            atom("phoenix@host", out);
             out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 7, 0x65, 0x0a, 0x1b, 0x2c]);
         }
         Opaque::Reference => {
             out.extend_from_slice(&[tag::NEWER_REFERENCE, 0, 3]);
-            write_atom("phoenix@host", out);
+            atom("phoenix@host", out);
             out.extend_from_slice(&[0x65, 0x0a, 0x1b, 0x2c]);
             out.extend_from_slice(&[1; 12]);
         }
@@ -504,19 +488,7 @@ fn reference_verdict(term: &Term, this_node: &str) -> Result<Incoming, Ignored> 
     };
     let topic = text(topic)?;
     let event = text(event)?;
-    let payload = match payload {
-        Term::Tuple(pair) => match pair.as_slice() {
-            [Term::Atom(tag), Term::Binary(bytes)] if tag == "binary" => {
-                Payload::Binary(bytes.clone())
-            }
-            _ => return Err(Ignored::Unencodable(JsonError::Tuple)),
-        },
-        payload => match payload_to_json(payload) {
-            Ok(json) => Payload::Json(json),
-            Err(JsonError::NotAnObject) => return Err(Ignored::PayloadNotObject),
-            Err(err) => return Err(Ignored::Unencodable(err)),
-        },
-    };
+    let payload = payload_of(payload.clone())?;
     Ok(Incoming {
         topic,
         event,

@@ -137,11 +137,6 @@ impl NodeOccupancy {
             .collect()
     }
 
-    /// How many topics the node holds.
-    pub fn len(&self) -> usize {
-        self.holders.len()
-    }
-
     /// Whether the node holds no topic.
     pub fn is_empty(&self) -> bool {
         self.holders.is_empty()

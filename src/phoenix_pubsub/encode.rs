@@ -174,7 +174,7 @@ fn compress(uncompressed: Vec<u8>, level: CompressionLevel) -> Vec<u8> {
 }
 
 /// An atom as OTP 26 writes it: UTF-8, with a one-byte length when it fits.
-fn atom(name: &str, out: &mut Vec<u8>) {
+pub(crate) fn atom(name: &str, out: &mut Vec<u8>) {
     match u8::try_from(name.len()) {
         Ok(len) => out.extend_from_slice(&[tag::SMALL_ATOM_UTF8, len]),
         Err(_) => {
@@ -186,7 +186,8 @@ fn atom(name: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(name.as_bytes());
 }
 
-fn binary(bytes: &[u8], out: &mut Vec<u8>) {
+/// A `BINARY_EXT`.
+pub(crate) fn binary(bytes: &[u8], out: &mut Vec<u8>) {
     out.push(tag::BINARY);
     // Payloads are far below 4 GiB (the API and socket limits).
     out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());

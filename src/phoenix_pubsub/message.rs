@@ -216,24 +216,32 @@ pub fn classify(bytes: &[u8], this_node: &str) -> Result<Incoming, Ignored> {
     let topic = text(topic)?;
     let event = text(broadcast.event)?;
     let sender = String::from_utf8_lossy(&node).into_owned();
-    let payload = match broadcast.payload {
-        Term::Tuple(pair) => match <[Term; 2]>::try_from(pair) {
-            Ok([Term::Atom(tag), Term::Binary(bytes)]) if tag == "binary" => Payload::Binary(bytes),
-            // Any other tuple is what Jason would choke on.
-            _ => return Err(Ignored::Unencodable(JsonError::Tuple)),
-        },
-        payload => match json::payload_to_json(&payload) {
-            Ok(json) => Payload::Json(json),
-            Err(JsonError::NotAnObject) => return Err(Ignored::PayloadNotObject),
-            Err(err) => return Err(Ignored::Unencodable(err)),
-        },
-    };
+    let payload = payload_of(broadcast.payload)?;
     Ok(Incoming {
         topic,
         event,
         payload,
         sender,
     })
+}
+
+/// A broadcast's payload as Cinder sends it: `{binary, Bytes}` as binary,
+/// anything else as the JSON object Jason would write, or why it cannot be.
+pub(crate) fn payload_of(payload: Term) -> Result<Payload, Ignored> {
+    match payload {
+        Term::Tuple(pair) => match <[Term; 2]>::try_from(pair) {
+            Ok([Term::Atom(tag), Term::Binary(bytes)]) if tag == "binary" => {
+                Ok(Payload::Binary(bytes))
+            }
+            // Any other tuple is what Jason would choke on.
+            _ => Err(Ignored::Unencodable(JsonError::Tuple)),
+        },
+        payload => match json::payload_to_json(&payload) {
+            Ok(json) => Ok(Payload::Json(json)),
+            Err(JsonError::NotAnObject) => Err(Ignored::PayloadNotObject),
+            Err(err) => Err(Ignored::Unencodable(err)),
+        },
+    }
 }
 
 /// A topic or event as text: Phoenix writes it into a JSON frame, which

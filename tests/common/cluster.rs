@@ -177,7 +177,7 @@ pub struct Node {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
-    log_lines: Receiver<String>,
+    _log: Receiver<String>,
 }
 
 impl Node {
@@ -247,7 +247,7 @@ impl Node {
         Node {
             child,
             addr,
-            log_lines: lines,
+            _log: lines,
         }
     }
 
@@ -255,11 +255,6 @@ impl Node {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-
-    /// What the node logged so far (JSON lines) that no one read yet.
-    pub fn log(&self) -> Vec<String> {
-        self.log_lines.try_iter().collect()
     }
 
     /// Stops the node with SIGTERM (a graceful stop) and waits for it.
