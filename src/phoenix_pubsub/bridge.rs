@@ -203,10 +203,11 @@ impl Receiver {
         };
         let id = BroadcastId::new(BRIDGE_SHARD, sequence);
         let broadcast = Arc::new(Broadcast::new(content, id, origin, unix_ms()));
+        // Counted first: a client may have it before this thread goes on.
+        BridgeStatus::add(&self.status.delivered, 1);
         for shard in self.shards.iter() {
             shard.send(ShardMessage::Broadcast(broadcast.clone()));
         }
-        BridgeStatus::add(&self.status.delivered, 1);
     }
 }
 
