@@ -21,7 +21,11 @@
 # Environment: SOAK_OUT, SOAK_PORT (4500), SOAK_CONNS (2000), SOAK_TOPICS (10),
 #   SOAK_SHARDS (2), SOAK_WARMUP (5 minutes; less for short runs),
 #   SOAK_NO_BUILD=1 to use the binaries already in target/release,
-#   SOAK_EXTRA="--slow-per-minute 0 …" for more `cinder-load soak` options.
+#   SOAK_EXTRA="--slow-per-minute 0 …" for more `cinder-load soak` options,
+#   SOAK_SERVER_CPUS / SOAK_LOAD_CPUS: CPU lists (taskset -c) for the server
+#   and for the load generator, so they do not take each other's cores
+#   (e.g. 0 and 1 on a 2-core machine, with SOAK_SHARDS=1). The maximum
+#   is then measured with the same pinning.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES="${1:-30}"
@@ -31,6 +35,12 @@ PORT="${SOAK_PORT:-4500}"
 CONNS="${SOAK_CONNS:-2000}"
 TOPICS="${SOAK_TOPICS:-10}"
 SHARDS="${SOAK_SHARDS:-2}"
+SERVER_CPUS="${SOAK_SERVER_CPUS:-}"
+LOAD_CPUS="${SOAK_LOAD_CPUS:-}"
+# Command prefixes that pin (taskset execs, so $! stays the server's PID).
+SERVER_PIN=(); LOAD_PIN=()
+[[ -n "$SERVER_CPUS" ]] && SERVER_PIN=(taskset -c "$SERVER_CPUS")
+[[ -n "$LOAD_CPUS" ]] && LOAD_PIN=(taskset -c "$LOAD_CPUS")
 if (( MINUTES > 10 )); then DEFAULT_WARMUP=5; else DEFAULT_WARMUP=$(( MINUTES / 2 )); fi
 WARMUP="${SOAK_WARMUP:-$DEFAULT_WARMUP}"
 WORK=target/soak
@@ -69,7 +79,7 @@ start_server() {
     echo "soak: something already answers on port $PORT (set SOAK_PORT)" >&2
     exit 1
   fi
-  "$SERVER" serve --bind "127.0.0.1:$PORT" --shards "$SHARDS" --config "$CONFIG" \
+  "${SERVER_PIN[@]}" "$SERVER" serve --bind "127.0.0.1:$PORT" --shards "$SHARDS" --config "$CONFIG" \
     --log-level warn 2>>"$WORK/server.log" &
   SERVER_PID=$!
   for _ in $(seq 100); do
@@ -95,13 +105,14 @@ trap 'stop_server || true' EXIT
 {
   echo "soak: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
        "($(git status --porcelain -- src loadtest 2>/dev/null | wc -l | tr -d ' ') files modified)," \
-       "server binary sha256 $(sha256sum "$SERVER" | cut -c1-16), $(nproc) cores, $SHARDS shards"
+       "server binary sha256 $(sha256sum "$SERVER" | cut -c1-16), $(nproc) cores, $SHARDS shards," \
+       "server on CPUs ${SERVER_CPUS:-any}, load generator on CPUs ${LOAD_CPUS:-any}"
 } | tee "$OUT/soak.log"
 
 if [[ -z "$RATE" ]]; then
   echo "soak: measuring the maximum publish rate ($CONNS subscribers, $TOPICS topics, batch 16)" | tee -a "$OUT/soak.log"
   start_server
-  "$LOAD" fanout --url "$WS" --publish "$API" --conns "$CONNS" --topics "$TOPICS" \
+  "${LOAD_PIN[@]}" "$LOAD" fanout --url "$WS" --publish "$API" --conns "$CONNS" --topics "$TOPICS" \
     --topic-prefix soak --rate max --batch 16 --duration 10s --runs 3 \
     --server-pid "$SERVER_PID" --quiet --json "$OUT/max.json" | tee "$OUT/max.log"
   stop_server
@@ -113,7 +124,7 @@ fi
 start_server
 echo "soak: $MINUTES minutes at $RATE msg/s against pid $SERVER_PID (warm-up $WARMUP minutes)" | tee -a "$OUT/soak.log"
 set +e
-"$LOAD" soak --url "$WS" --publish "$API" --conns "$CONNS" --topics "$TOPICS" \
+"${LOAD_PIN[@]}" "$LOAD" soak --url "$WS" --publish "$API" --conns "$CONNS" --topics "$TOPICS" \
   --rate "$RATE" --minutes "$MINUTES" --warmup "$WARMUP" --server-pid "$SERVER_PID" \
   --json "$OUT/soak.json" --svg "$OUT/soak.svg" ${SOAK_EXTRA:-} | tee -a "$OUT/soak.log"
 STATUS=${PIPESTATUS[0]}

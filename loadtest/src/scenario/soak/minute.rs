@@ -113,11 +113,14 @@ pub struct MinuteRow {
     pub minute: u32,
     /// Server resident set size at the end of the minute.
     pub rss_bytes: Option<u64>,
-    /// Smallest server RSS seen in the minute (read every 5 s): the floor
-    /// a leak would raise.
+    /// Smallest server RSS seen in the minute (read every second): the
+    /// floor a leak would raise.
     pub rss_min_bytes: Option<u64>,
-    /// Largest server RSS seen in the minute (read every 5 s).
+    /// Largest server RSS seen in the minute (read every second).
     pub rss_max_bytes: Option<u64>,
+    /// Mean of the minute's RSS readings: the memory the minute held, which
+    /// one reading cannot tell when buffers come and go within the minute.
+    pub rss_mean_bytes: Option<u64>,
     /// Server open file descriptors at the end of the minute.
     pub fds: Option<u64>,
     /// Server CPU use over the minute, percent of one core.
@@ -286,9 +289,10 @@ pub fn cpu_pct(before_ns: Option<u64>, after_ns: Option<u64>, elapsed_ns: u64) -
 /// The column heads of the per-minute table.
 pub fn table_header() -> String {
     format!(
-        "{:>4} {:>8} {:>10} {:>6} {:>6} {:>6} {:>5} {:>7} {:>12} {:>8} {:>8} {:>5} {:>5} {:>11} {:>9} {:>8} {:>9}",
+        "{:>4} {:>8} {:>8} {:>10} {:>6} {:>6} {:>6} {:>5} {:>7} {:>12} {:>8} {:>8} {:>5} {:>5} {:>11} {:>9} {:>8} {:>9}",
         "min",
         "rss MiB",
+        "mean",
         "min-max",
         "fds",
         "conns",
@@ -314,9 +318,10 @@ impl MinuteRow {
         let e = &self.events;
         let slow_closed = e.slow_closed_1008 + e.slow_closed_reset + e.slow_closed_other;
         format!(
-            "{:>4} {:>8} {:>10} {:>6} {:>6} {:>6} {:>5} {:>7.0} {:>12.0} {:>8.2} {:>8.2} {:>5} {:>5} {:>11} {:>9} {:>8} {:>9}",
+            "{:>4} {:>8} {:>8} {:>10} {:>6} {:>6} {:>6} {:>5} {:>7.0} {:>12.0} {:>8.2} {:>8.2} {:>5} {:>5} {:>11} {:>9} {:>8} {:>9}",
             self.minute,
             or_dash(self.rss_bytes.map(|b| format!("{:.1}", mib(b)))),
+            or_dash(self.rss_mean_bytes.map(|b| format!("{:.1}", mib(b)))),
             or_dash(
                 self.rss_min_bytes
                     .zip(self.rss_max_bytes)
@@ -349,6 +354,8 @@ pub struct Span {
     pub max: u64,
     /// Readings taken.
     pub count: u64,
+    /// Sum of the readings (for their mean).
+    pub sum: u64,
 }
 
 impl Span {
@@ -361,6 +368,12 @@ impl Span {
             self.max = self.max.max(value);
         }
         self.count += 1;
+        self.sum += value;
+    }
+
+    /// The mean of the readings, if there were any.
+    pub fn mean(&self) -> Option<u64> {
+        (self.count > 0).then(|| self.sum / self.count)
     }
 }
 
@@ -547,6 +560,7 @@ mod tests {
             rss_bytes: Some(6 * 1024 * 1024 + 512 * 1024),
             rss_min_bytes: Some(6 * 1024 * 1024),
             rss_max_bytes: Some(8 * 1024 * 1024 + 300 * 1024),
+            rss_mean_bytes: Some(7 * 1024 * 1024 + 200 * 1024),
             fds: Some(2107),
             server_connections: Some(2090),
             server_cpu_pct: Some(61.4),
@@ -574,7 +588,7 @@ mod tests {
             table_header()
         );
         for expected in [
-            "6.5", "6.0-8.3", "2107", "2090", "61", "3.25", "760", "152000", "1.25", "8.40",
+            "6.5", "7.2", "6.0-8.3", "2107", "2090", "61", "3.25", "760", "152000", "1.25", "8.40",
             "2990/1", "2/0", "18240", "4/0",
         ] {
             assert!(line.contains(expected), "no {expected} in {line}");
@@ -598,9 +612,12 @@ mod tests {
             Span {
                 min: 3,
                 max: 9,
-                count: 4
+                count: 4,
+                sum: 24
             }
         );
+        assert_eq!(span.mean(), Some(6));
+        assert_eq!(Span::default().mean(), None);
         let mut one = Span::default();
         one.add(0);
         assert_eq!((one.min, one.max), (0, 0));

@@ -21,371 +21,38 @@
 //! whole run at the end; the run fails (exit 3) if that total is not 0.
 
 pub mod abuse;
+pub mod blocks;
 pub mod http;
 pub mod longpoll;
 pub mod loops;
 pub mod minute;
 pub mod probe;
 pub mod publish;
+pub mod report;
 pub mod state;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use serde::Serialize;
-
+use self::blocks::LatencyBlocks;
 use self::http::Endpoints;
 use self::loops::{LoopPlan, SettleRequest, Settled, SlowPlan};
-use self::minute::{
-    counter_delta, cpu_pct, flatness, gauge, table_header, CounterValues, Flatness, MinuteRow, Owed,
-};
+use self::minute::{counter_delta, cpu_pct, gauge, table_header, MinuteRow, Owed};
 use self::probe::{Probe, ServerSample};
 use self::publish::PublishPlan;
+use self::report::finish_summary;
+pub use self::report::{Settings, SoakReport, Summary, FLAT_TOLERANCE_PCT};
 use self::state::{SoakShared, MINUTE_NS};
-use crate::chart::{self, MinutePanel};
 use crate::cli::SoakArgs;
 use crate::client::{ConnSpec, Target};
 use crate::clock;
-use crate::format::{human, human_us};
-use crate::outcome::Loss;
+use crate::format::human;
 use crate::phoenix::Serializer;
 use crate::publisher::{HttpPublisher, MessageShape, Publisher};
-use crate::report::{write_json, Latency};
+use crate::report::Latency;
 use crate::scenario::warn_about_server_pid;
 use crate::worker::{new_histogram, Shared, WindowStats};
-
-/// How far RSS and fds may move after the warm-up, percent.
-pub const FLAT_TOLERANCE_PCT: f64 = 10.0;
-
-/// The settings of a soak, as recorded in its report.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Settings {
-    /// WebSocket endpoint.
-    pub url: String,
-    /// Publish API.
-    pub publish: String,
-    /// Minutes run.
-    pub minutes: u32,
-    /// Warm-up minutes (not judged for flatness).
-    pub warmup: u32,
-    /// Healthy subscribers.
-    pub conns: usize,
-    /// Healthy topics.
-    pub topics: usize,
-    /// Messages per second over the healthy topics.
-    pub rate: f64,
-    /// Messages per request.
-    pub batch: usize,
-    /// Payload bytes.
-    pub payload_bytes: usize,
-    /// Churning clients per second.
-    pub churn_rate: f64,
-    /// How long a churning client stays joined, ms.
-    pub churn_hold_ms: u64,
-    /// Share of churning clients on presence topics.
-    pub presence_share: f64,
-    /// Presence topics.
-    pub presence_topics: usize,
-    /// Long-poll clients.
-    pub longpoll: usize,
-    /// Slow consumers started per minute.
-    pub slow_per_minute: u32,
-    /// Messages per second to the slow consumers' topic.
-    pub slow_rate: f64,
-    /// Their payload bytes.
-    pub slow_payload_bytes: usize,
-    /// How long a stalled slow consumer reads nothing, s.
-    pub slow_stall_s: f64,
-    /// Abuse rounds per minute (four connections each).
-    pub abuse_rounds: u32,
-    /// Client event-loop threads.
-    pub threads: usize,
-    /// Settle delay, s.
-    pub settle_s: f64,
-    /// Server PID.
-    pub server_pid: Option<u32>,
-}
-
-/// What the whole run came to.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Summary {
-    /// Minutes completed.
-    pub minutes_run: u32,
-    /// Healthy subscribers joined before publishing began.
-    pub healthy_subscribers: u64,
-    /// Server RSS after the warm-up (the reading at each minute's end).
-    pub rss: Option<Flatness>,
-    /// The smallest RSS of each minute after the warm-up (read every 5 s):
-    /// what a leak would raise, without the transient buffers of the
-    /// moment.
-    pub rss_floor: Option<Flatness>,
-    /// Server open fds after the warm-up.
-    pub fds: Option<Flatness>,
-    /// Server connections after the warm-up.
-    pub connections: Option<Flatness>,
-    /// p99 latency after the warm-up.
-    pub p99: Option<Flatness>,
-    /// Deliveries/s after the warm-up.
-    pub deliveries_per_sec: Option<Flatness>,
-    /// Messages published to the healthy topics.
-    pub published: u64,
-    /// Deliveries owed to healthy subscribers over the whole run.
-    pub expected: u64,
-    /// Distinct deliveries they received.
-    pub received: u64,
-    /// Owed deliveries that never arrived (counted at the very end).
-    pub lost: u64,
-    /// Duplicate deliveries.
-    pub duplicates: u64,
-    /// Deliveries that arrived after their minute was settled.
-    pub late: u64,
-    /// Latency over the whole run (the minutes' histograms merged).
-    pub latency: Latency,
-    /// Every counter over the whole run.
-    pub events: CounterValues,
-    /// Slow-consumer closes the server counted over the run.
-    pub server_slow_consumer_closes: Option<u64>,
-    /// Protocol-error closes the server counted over the run.
-    pub server_protocol_closes: Option<u64>,
-}
-
-/// A soak's report: settings, one row per minute, the summary.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SoakReport {
-    /// Always `soak`.
-    pub scenario: String,
-    /// The settings.
-    pub settings: Settings,
-    /// The settings in one line (chart title, table heading).
-    pub parameters: String,
-    /// The server once the healthy subscribers had joined, before the load.
-    pub baseline: ServerSample,
-    /// One row per minute.
-    pub minutes: Vec<MinuteRow>,
-    /// The whole run.
-    pub summary: Summary,
-    /// Failures by reason (churn, healthy, publish, long-poll).
-    pub failures: BTreeMap<String, u64>,
-    /// Abusive connections by kind and outcome.
-    pub abuse: BTreeMap<String, u64>,
-}
-
-impl SoakReport {
-    /// The run as a loss, if healthy deliveries were lost.
-    pub fn losses(&self) -> Vec<Loss> {
-        if self.summary.lost == 0 {
-            return Vec::new();
-        }
-        vec![Loss {
-            run: "soak".into(),
-            lost: self.summary.lost,
-            expected: self.summary.expected,
-            duplicates: 0,
-            out_of_order: 0,
-        }]
-    }
-
-    /// The chart: RSS, fds, deliveries/s, p99, connections and CPU per minute.
-    pub fn chart(&self, path: &std::path::Path) -> Result<(), String> {
-        let series = |f: &dyn Fn(&MinuteRow) -> Option<f64>| -> Vec<(f64, f64)> {
-            self.minutes
-                .iter()
-                .filter_map(|r| Some((f64::from(r.minute), f(r)?)))
-                .collect()
-        };
-        let band = |flat: &Option<Flatness>, scale: f64| {
-            flat.as_ref().map(|f| {
-                (
-                    f.min * scale,
-                    f.min * scale * (1.0 + FLAT_TOLERANCE_PCT / 100.0),
-                )
-            })
-        };
-        let mib = |v: f64| format!("{} MiB", human(v));
-        let pct = |v: f64| format!("{} %", human(v));
-        let panels = [
-            MinutePanel {
-                name: format!(
-                    "server RSS at each minute's end; bars: min-max read every 5 s (band: +{FLAT_TOLERANCE_PCT:.0} %)"
-                ),
-                points: series(&|r| r.rss_bytes.map(minute::mib)),
-                format: mib,
-                band: band(&self.summary.rss, 1.0 / (1024.0 * 1024.0)),
-                floor: 0.0,
-                spans: self
-                    .minutes
-                    .iter()
-                    .filter_map(|r| {
-                        Some((
-                            f64::from(r.minute),
-                            minute::mib(r.rss_min_bytes?),
-                            minute::mib(r.rss_max_bytes?),
-                        ))
-                    })
-                    .collect(),
-            },
-            MinutePanel {
-                name: "server open fds".into(),
-                points: series(&|r| r.fds.map(|f| f as f64)),
-                format: human,
-                band: band(&self.summary.fds, 1.0),
-                floor: 0.0,
-                spans: Vec::new(),
-            },
-            MinutePanel {
-                name: "deliveries/s to healthy subscribers".into(),
-                points: series(&|r| Some(r.deliveries_per_sec)),
-                format: human,
-                band: None,
-                floor: 0.0,
-                spans: Vec::new(),
-            },
-            MinutePanel {
-                name: "p99 latency (healthy subscribers)".into(),
-                points: series(&|r| (r.deliveries > 0).then_some(r.p99_us)),
-                format: human_us,
-                band: None,
-                floor: 0.0,
-                spans: Vec::new(),
-            },
-            MinutePanel {
-                name: "server connections".into(),
-                points: series(&|r| r.server_connections.map(|c| c as f64)),
-                format: human,
-                band: None,
-                floor: 0.0,
-                spans: Vec::new(),
-            },
-            MinutePanel {
-                name: "server CPU (% of one core)".into(),
-                points: series(&|r| r.server_cpu_pct),
-                format: pct,
-                band: None,
-                floor: 0.0,
-                spans: Vec::new(),
-            },
-            MinutePanel {
-                name: format!(
-                    "machine load average, 1 min ({} cores, shared)",
-                    std::thread::available_parallelism().map_or(0, |n| n.get())
-                ),
-                points: series(&|r| r.loadavg),
-                format: human,
-                band: None,
-                floor: 0.0,
-                spans: Vec::new(),
-            },
-            MinutePanel {
-                name: "lost deliveries per minute (healthy subscribers)".into(),
-                points: series(&|r| Some(r.lost as f64)),
-                format: human,
-                band: None,
-                floor: 10.0,
-                spans: Vec::new(),
-            },
-        ];
-        chart::minutes_svg(
-            "Cinder soak: mixed load, read every minute",
-            &self.parameters,
-            self.settings.minutes,
-            self.settings.warmup,
-            &panels,
-            path,
-        )
-        .map_err(|e| format!("{}: {e}", path.display()))
-    }
-
-    /// Writes the JSON (if asked) and the chart.
-    fn save(&self, args: &SoakArgs) -> Result<(), String> {
-        if let Some(path) = &args.json {
-            write_json(self, path).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-        self.chart(&args.svg)
-    }
-
-    /// Prints the summary.
-    pub fn print_summary(&self) {
-        let s = &self.summary;
-        let e = &s.events;
-        println!(
-            "soak summary: {} of {} minutes, warm-up {} minute{} (flatness judged from minute {})",
-            s.minutes_run,
-            self.settings.minutes,
-            self.settings.warmup,
-            if self.settings.warmup == 1 { "" } else { "s" },
-            self.settings.warmup + 1
-        );
-        let judge = |name: &str, flat: &Option<Flatness>, show: &dyn Fn(f64) -> String| match flat {
-            Some(f) => println!(
-                "  {name:<14} first {} last {} min {} max {}: spread {:.1} %{}, trend {:+.1} %",
-                show(f.first),
-                show(f.last),
-                show(f.min),
-                show(f.max),
-                f.spread_pct,
-                if f.flat {
-                    format!(" (flat, within {FLAT_TOLERANCE_PCT:.0} %)")
-                } else {
-                    format!(" (NOT within {FLAT_TOLERANCE_PCT:.0} %)")
-                },
-                f.trend_pct
-            ),
-            None => println!("  {name:<14} n/a (no minute after the warm-up, or not read)"),
-        };
-        let mib = |v: f64| format!("{:.1} MiB", minute::mib(v as u64));
-        judge("server RSS", &s.rss, &mib);
-        judge("RSS floor", &s.rss_floor, &mib);
-        judge("open fds", &s.fds, &|v| format!("{v:.0}"));
-        judge("connections", &s.connections, &|v| format!("{v:.0}"));
-        judge("p99 latency", &s.p99, &|v| human_us(v));
-        judge("deliveries/s", &s.deliveries_per_sec, &|v| human(v));
-        println!(
-            "  healthy        {} subscribers, {} dropped; published {}, owed {}, received {}, lost {}, duplicates {}, late {}",
-            s.healthy_subscribers, e.healthy_dropped, s.published, s.expected, s.received, s.lost, s.duplicates, s.late
-        );
-        println!(
-            "  latency        p50 {} p99 {} p99.9 {} max {} ({} samples)",
-            human_us(s.latency.p50_us),
-            human_us(s.latency.p99_us),
-            human_us(s.latency.p999_us),
-            human_us(s.latency.max_us),
-            s.latency.samples
-        );
-        println!(
-            "  churn          started {} joined {} left {} closed {} failed {}",
-            e.churn_started, e.churn_joined, e.churn_left, e.churn_closed, e.churn_failed
-        );
-        let or_na = |v: Option<u64>| v.map_or("n/a".to_string(), |v| v.to_string());
-        println!(
-            "  slow consumers started {}: closed with 1008 {}, dropped without a close frame {}, other close {}, not closed {}, never joined {}; server counted {} slow-consumer closes",
-            e.slow_started, e.slow_closed_1008, e.slow_closed_reset, e.slow_closed_other, e.slow_not_closed, e.slow_failed,
-            or_na(s.server_slow_consumer_closes)
-        );
-        println!(
-            "  long-poll      sessions {} (ended by the server {}), polls {}, messages {}, gaps {}, errors {}",
-            e.longpoll_sessions, e.longpoll_restarts, e.longpoll_polls, e.longpoll_messages, e.longpoll_gaps, e.longpoll_errors
-        );
-        println!(
-            "  abuse          {} connections: {} refused, {} NOT refused; longest slowloris {:.1} s; server protocol closes {}",
-            e.abuse_attempts,
-            e.abuse_refused,
-            e.abuse_not_refused,
-            e.slowloris_max_ms as f64 / 1000.0,
-            or_na(s.server_protocol_closes)
-        );
-        for (what, n) in &self.abuse {
-            println!("    {n:>5} × {what}");
-        }
-        if !self.failures.is_empty() {
-            println!("  failures by reason:");
-            for (reason, n) in &self.failures {
-                println!("    {n:>7} × {reason}");
-            }
-        }
-    }
-}
 
 /// The settings in one line.
 fn describe(args: &SoakArgs) -> String {
@@ -740,7 +407,7 @@ pub fn run(args: &SoakArgs) -> Result<SoakReport, String> {
         clients.helpers.push(
             std::thread::Builder::new()
                 .name("soak-rss".into())
-                .spawn(move || probe::sample_rss(pid, Duration::from_secs(5), s, spans))
+                .spawn(move || probe::sample_rss(pid, Duration::from_secs(1), s, spans))
                 .map_err(|e| e.to_string())?,
         );
     }
@@ -811,6 +478,7 @@ fn minutes(
     let mut previous_at = start;
     let mut previous_client_cpu = crate::proc_stats::self_cpu_ns();
     let mut whole_run = new_histogram();
+    let mut blocks = LatencyBlocks::new(args.warmup);
     let settle_ns = args.settle.as_nanos() as u64;
     for m in 0..args.minutes {
         let end = start + u64::from(m + 1) * MINUTE_NS;
@@ -854,9 +522,11 @@ fn minutes(
             span.add(rss);
         }
         let rss_span = (span.count > 0).then_some((span.min, span.max));
+        let rss_mean = span.mean();
         whole_run
             .add(&merged.window.latency)
             .map_err(|e| e.to_string())?;
+        blocks.add_minute(m + 1, &merged.window.latency);
         let metrics_now = sample.metrics.as_ref();
         let metrics_before = previous_sample.metrics.as_ref();
         let mut events = events_now.since(&previous_events);
@@ -866,6 +536,7 @@ fn minutes(
             rss_bytes: sample.rss_bytes,
             rss_min_bytes: rss_span.map(|s| s.0),
             rss_max_bytes: rss_span.map(|s| s.1),
+            rss_mean_bytes: rss_mean,
             fds: sample.fds,
             server_cpu_pct: cpu_pct(
                 previous_sample.cpu_ns,
@@ -919,6 +590,7 @@ fn minutes(
         report.minutes.push(row);
         report.summary.minutes_run = m + 1;
         report.summary.latency = Latency::from_histogram(&whole_run);
+        report.summary.p99_blocks = blocks.blocks().to_vec();
         finish_summary(report, soak);
         // A chart that cannot be written now will fail at the end too;
         // the run goes on.
@@ -933,56 +605,6 @@ fn minutes(
         previous_client_cpu = client_cpu;
     }
     Ok(())
-}
-
-/// Fills the summary's verdicts and totals from the rows so far.
-fn finish_summary(report: &mut SoakReport, soak: &SoakShared) {
-    let warmup = report.settings.warmup;
-    let rows = &report.minutes;
-    let series = |f: &dyn Fn(&MinuteRow) -> Option<f64>| -> Vec<(u32, f64)> {
-        rows.iter()
-            .filter_map(|r| Some((r.minute, f(r)?)))
-            .collect()
-    };
-    let s = &mut report.summary;
-    s.rss = flatness(
-        &series(&|r| r.rss_bytes.map(|b| b as f64)),
-        warmup,
-        FLAT_TOLERANCE_PCT,
-    );
-    s.rss_floor = flatness(
-        &series(&|r| r.rss_min_bytes.map(|b| b as f64)),
-        warmup,
-        FLAT_TOLERANCE_PCT,
-    );
-    s.fds = flatness(
-        &series(&|r| r.fds.map(|f| f as f64)),
-        warmup,
-        FLAT_TOLERANCE_PCT,
-    );
-    s.connections = flatness(
-        &series(&|r| r.server_connections.map(|c| c as f64)),
-        warmup,
-        FLAT_TOLERANCE_PCT,
-    );
-    s.p99 = flatness(
-        &series(&|r| (r.deliveries > 0).then_some(r.p99_us)),
-        warmup,
-        FLAT_TOLERANCE_PCT,
-    );
-    s.deliveries_per_sec = flatness(
-        &series(&|r| Some(r.deliveries_per_sec)),
-        warmup,
-        FLAT_TOLERANCE_PCT,
-    );
-    s.events = soak.counters.read();
-    let sum = |f: &dyn Fn(&MinuteRow) -> Option<u64>| -> Option<u64> {
-        rows.iter().map(f).sum::<Option<u64>>()
-    };
-    s.server_slow_consumer_closes = sum(&|r| r.server_slow_consumer_closes);
-    s.server_protocol_closes = sum(&|r| r.server_protocol_closes);
-    report.failures = soak.failures.lock().map(|f| f.clone()).unwrap_or_default();
-    report.abuse = soak.abuse.lock().map(|a| a.clone()).unwrap_or_default();
 }
 
 fn sleep_until(at_ns: u64) {
