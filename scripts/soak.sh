@@ -10,10 +10,13 @@
 #    leave, disconnect; half on presence topics), long-poll clients, slow
 #    consumers and abusive connections. One line a minute: server RSS, open
 #    fds, connections, CPU, deliveries/s, p50/p99 latency, lost, duplicates…
+# 3. Measures the maximum again on the soaked server, and prints it beside
+#    the fresh server's: the same load, before and after the run.
 #
 # Results in $SOAK_OUT (default docs/soak): soak.svg (chart), soak.json
 # (every minute and the summary), soak.log (the table), max.json/max.log
-# (the maximum-rate measurement), soak.toml (the server config).
+# and after.json/after.log (the maximum-rate measurements, fresh and
+# soaked), soak.toml (the server config).
 # Exit status: cinder-load's (0 ok, 3 if a healthy subscriber lost a
 # message, 1 if the run could not be done), or 1 if the server died.
 #
@@ -129,6 +132,27 @@ set +e
   --json "$OUT/soak.json" --svg "$OUT/soak.svg" ${SOAK_EXTRA:-} | tee -a "$OUT/soak.log"
 STATUS=${PIPESTATUS[0]}
 set -e
+# The same maximum measurement on the soaked server: a server whose state
+# degraded over the run (tables, timers, fragmentation) delivers less, or
+# spends more CPU per delivery, than it did fresh. Not with a given RATE
+# (there is no fresh measurement to compare with).
+if [[ -f "$OUT/max.json" && -z "${2:-${SOAK_RATE:-}}" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+  echo "soak: measuring the maximum again on the soaked server (pid $SERVER_PID)" | tee -a "$OUT/soak.log"
+  sleep 5 # the soak's connections close
+  if "${LOAD_PIN[@]}" "$LOAD" fanout --url "$WS" --publish "$API" --conns "$CONNS" --topics "$TOPICS" \
+      --topic-prefix soak --rate max --batch 16 --duration 10s --runs 3 \
+      --server-pid "$SERVER_PID" --quiet --json "$OUT/after.json" > "$OUT/after.log"; then
+    jq -r --slurpfile fresh "$OUT/max.json" \
+      '"soak: fresh server / after the soak: " +
+       "\($fresh[0].median.publish_rate | floor) / \(.median.publish_rate | floor) msg/s (ratio \(.median.publish_rate / $fresh[0].median.publish_rate * 1000 | round / 1000)), " +
+       "server CPU per delivery \($fresh[0].median.server_cpu_per_delivery_us * 1000 | round / 1000) / \(.median.server_cpu_per_delivery_us * 1000 | round / 1000) µs, " +
+       "p99 \($fresh[0].median.p99_us / 1000 | . * 10 | round / 10) / \(.median.p99_us / 1000 | . * 10 | round / 10) ms"' \
+      "$OUT/after.json" | tee -a "$OUT/soak.log"
+  else
+    echo "soak: the measurement after the soak failed (see $OUT/after.log)" | tee -a "$OUT/soak.log"
+    STATUS=1
+  fi
+fi
 stop_server || STATUS=1
 echo "soak: exit status $STATUS; results in $OUT (soak.svg, soak.json, soak.log)" | tee -a "$OUT/soak.log"
 exit "$STATUS"
