@@ -373,53 +373,28 @@ impl SoakReport {
 pub(super) fn finish_summary(report: &mut SoakReport, soak: &SoakShared) {
     let warmup = report.settings.warmup;
     let rows = &report.minutes;
-    let series = |f: &dyn Fn(&MinuteRow) -> Option<f64>| -> Vec<(u32, f64)> {
-        rows.iter()
+    // One series after the warm-up, judged against the tolerance.
+    let judge = |f: &dyn Fn(&MinuteRow) -> Option<f64>| {
+        let points: Vec<(u32, f64)> = rows
+            .iter()
             .filter_map(|r| Some((r.minute, f(r)?)))
-            .collect()
+            .collect();
+        flatness(&points, warmup, FLAT_TOLERANCE_PCT)
     };
     let s = &mut report.summary;
-    s.rss = flatness(
-        &series(&|r| r.rss_bytes.map(|b| b as f64)),
-        warmup,
-        FLAT_TOLERANCE_PCT,
-    );
-    s.rss_floor = flatness(
-        &series(&|r| r.rss_min_bytes.map(|b| b as f64)),
-        warmup,
-        FLAT_TOLERANCE_PCT,
-    );
-    s.rss_mean = flatness(
-        &series(&|r| r.rss_mean_bytes.map(|b| b as f64)),
-        warmup,
-        FLAT_TOLERANCE_PCT,
-    );
-    s.fds = flatness(
-        &series(&|r| r.fds.map(|f| f as f64)),
-        warmup,
-        FLAT_TOLERANCE_PCT,
-    );
-    s.connections = flatness(
-        &series(&|r| r.server_connections.map(|c| c as f64)),
-        warmup,
-        FLAT_TOLERANCE_PCT,
-    );
-    s.p99 = flatness(
-        &series(&|r| (r.deliveries > 0).then_some(r.p99_us)),
-        warmup,
-        FLAT_TOLERANCE_PCT,
-    );
+    s.rss = judge(&|r| r.rss_bytes.map(|b| b as f64));
+    s.rss_floor = judge(&|r| r.rss_min_bytes.map(|b| b as f64));
+    s.rss_mean = judge(&|r| r.rss_mean_bytes.map(|b| b as f64));
+    s.fds = judge(&|r| r.fds.map(|f| f as f64));
+    s.connections = judge(&|r| r.server_connections.map(|c| c as f64));
+    s.p99 = judge(&|r| (r.deliveries > 0).then_some(r.p99_us));
+    s.deliveries_per_sec = judge(&|r| Some(r.deliveries_per_sec));
     let block_points: Vec<(u32, f64)> = s
         .p99_blocks
         .iter()
         .map(|b| (b.to_minute, b.p99_us))
         .collect();
     s.p99_per_block = flatness(&block_points, warmup, FLAT_TOLERANCE_PCT);
-    s.deliveries_per_sec = flatness(
-        &series(&|r| Some(r.deliveries_per_sec)),
-        warmup,
-        FLAT_TOLERANCE_PCT,
-    );
     s.events = soak.counters.read();
     let sum = |f: &dyn Fn(&MinuteRow) -> Option<u64>| -> Option<u64> {
         rows.iter().map(f).sum::<Option<u64>>()
