@@ -10,14 +10,14 @@
 #    leave, disconnect; half on presence topics), long-poll clients, slow
 #    consumers and abusive connections. One line a minute: server RSS, open
 #    fds, connections, CPU, deliveries/s, p50/p99 latency, lost, duplicates…
-# 3. Measures the maximum again on the soaked server, then on a fresh one
-#    started after it, and prints them side by side: the same load on a
+# 3. Starts a fresh server beside the soaked one and measures the maximum
+#    on each, alternately (SOAK_COMPARE_ROUNDS, 5): the same load on a
 #    server 30 minutes old and on a new one, at the same time.
 #
 # Results in $SOAK_OUT (default docs/soak): soak.svg (chart), soak.json
-# (every minute and the summary), soak.log (the table), max, soaked and
-# fresh-after .json/.log (the maximum-rate measurements), soak.toml (the
-# server config).
+# (every minute and the summary), soak.log (the table), max.json/max.log
+# (the maximum measured first), compare/ (the soaked and fresh servers'
+# windows), soak.toml (the server config).
 # Exit status: cinder-load's (0 ok, 3 if a healthy subscriber lost a
 # message, 1 if the run could not be done), or 1 if the server died.
 #
@@ -133,29 +133,55 @@ set +e
   --json "$OUT/soak.json" --svg "$OUT/soak.svg" ${SOAK_EXTRA:-} | tee -a "$OUT/soak.log"
 STATUS=${PIPESTATUS[0]}
 set -e
-# The same maximum measurement on the soaked server, then on a fresh one
-# started after it: a server whose state degraded over the run (tables,
-# timers, fragmentation) delivers less, or spends more CPU per delivery,
-# than a fresh one measured at the same time. (The measurement before the
-# run is not the comparison: on a shared machine the capacity itself moves
-# over half an hour.) Not with a given RATE.
-measure_max() { # measure_max NAME: fanout at the maximum into $OUT/NAME.{json,log}
-  "${LOAD_PIN[@]}" "$LOAD" fanout --url "$WS" --publish "$API" --conns "$CONNS" --topics "$TOPICS" \
-    --topic-prefix soak --rate max --batch 16 --duration 10s --runs 3 \
-    --server-pid "$SERVER_PID" --quiet --json "$OUT/$1.json" > "$OUT/$1.log"
+# The soaked server against a fresh one, measured at the same time: a
+# server whose state degraded over the run (tables, timers, fragmentation)
+# delivers less, or spends more CPU per delivery, than a fresh one. The
+# measurement before the run is not the comparison (a shared machine's
+# capacity moves over half an hour), and one measurement of each is not
+# either (back to back they differ by up to 10 %): a fresh server is started
+# beside the soaked one, on the next port and the same CPUs, and the two
+# are measured alternately, COMPARE_ROUNDS times each; the medians are
+# compared. Not with a given RATE.
+COMPARE_ROUNDS="${SOAK_COMPARE_ROUNDS:-5}"
+FRESH_PORT=$((PORT + 1))
+FRESH_PID=""
+trap 'stop_server || true; [[ -n "$FRESH_PID" ]] && kill -TERM "$FRESH_PID" 2>/dev/null; true' EXIT
+measure_max() { # measure_max PORT PID NAME: one maximum-rate window into $OUT/NAME.json
+  "${LOAD_PIN[@]}" "$LOAD" fanout --url "ws://127.0.0.1:$1/socket/websocket" \
+    --publish "http://127.0.0.1:$1/api/broadcast" --conns "$CONNS" --topics "$TOPICS" \
+    --topic-prefix soak --rate max --batch 16 --duration 10s --runs 1 \
+    --server-pid "$2" --quiet --json "$OUT/compare/$3.json" > "$OUT/compare/$3.log"
 }
 if [[ -z "${2:-${SOAK_RATE:-}}" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-  echo "soak: measuring the maximum on the soaked server (pid $SERVER_PID), then on a fresh one" | tee -a "$OUT/soak.log"
-  sleep 5 # the soak's connections close
-  if measure_max soaked && stop_server && start_server && measure_max fresh-after; then
-    jq -r --slurpfile soaked "$OUT/soaked.json" \
-      '"soak: soaked / fresh server: " +
-       "\($soaked[0].median.publish_rate | floor) / \(.median.publish_rate | floor) msg/s (ratio \($soaked[0].median.publish_rate / .median.publish_rate * 1000 | round / 1000)), " +
-       "server CPU per delivery \($soaked[0].median.server_cpu_per_delivery_us * 1000 | round / 1000) / \(.median.server_cpu_per_delivery_us * 1000 | round / 1000) µs, " +
-       "p99 \($soaked[0].median.p99_us / 1000 | . * 10 | round / 10) / \(.median.p99_us / 1000 | . * 10 | round / 10) ms"' \
-      "$OUT/fresh-after.json" | tee -a "$OUT/soak.log"
+  echo "soak: the soaked server (pid $SERVER_PID) against a fresh one, alternately, $COMPARE_ROUNDS rounds" | tee -a "$OUT/soak.log"
+  rm -rf "$OUT/compare"; mkdir -p "$OUT/compare"
+  "${SERVER_PIN[@]}" "$SERVER" serve --bind "127.0.0.1:$FRESH_PORT" --shards "$SHARDS" --config "$CONFIG" \
+    --log-level warn 2>>"$WORK/server.log" &
+  FRESH_PID=$!
+  sleep 5 # the soak's connections close; the fresh server starts
+  COMPARED=1
+  for round in $(seq "$COMPARE_ROUNDS"); do
+    measure_max "$PORT" "$SERVER_PID" "soaked-$round" && measure_max "$FRESH_PORT" "$FRESH_PID" "fresh-$round" \
+      || { COMPARED=0; break; }
+  done
+  kill -TERM "$FRESH_PID" 2>/dev/null; wait "$FRESH_PID" 2>/dev/null || true; FRESH_PID=""
+  if (( COMPARED )); then
+    jq -s -r '
+      def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+      def r(d): . * d | round / d;
+      (map(select(.soaked)) | map(.median)) as $s | (map(select(.soaked | not)) | map(.median)) as $f |
+      ($s | map(.publish_rate) | median) as $sr | ($f | map(.publish_rate) | median) as $fr |
+      ($s | map(.server_cpu_per_delivery_us) | median) as $sc | ($f | map(.server_cpu_per_delivery_us) | median) as $fc |
+      ($s | map(.p99_us) | median) as $sp | ($f | map(.p99_us) | median) as $fp |
+      "soak: soaked / fresh server, medians of \($s | length) alternating windows: " +
+      "\($sr | floor) / \($fr | floor) msg/s (ratio \($sr / $fr | r(1000))), " +
+      "server CPU per delivery \($sc | r(1000)) / \($fc | r(1000)) µs (ratio \($sc / $fc | r(1000))), " +
+      "p99 \($sp / 1000 | r(10)) / \($fp / 1000 | r(10)) ms"' \
+      < <(for f in "$OUT"/compare/soaked-*.json; do jq '. + {soaked: true}' "$f"; done
+          for f in "$OUT"/compare/fresh-*.json; do jq '. + {soaked: false}' "$f"; done) \
+      | tee -a "$OUT/soak.log"
   else
-    echo "soak: the measurements after the soak failed (see $OUT/soaked.log, $OUT/fresh-after.log)" | tee -a "$OUT/soak.log"
+    echo "soak: the comparison after the soak failed (see $OUT/compare/)" | tee -a "$OUT/soak.log"
     STATUS=1
   fi
 fi
