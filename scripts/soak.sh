@@ -104,7 +104,18 @@ stop_server() {
   SERVER_PID=""
   (( alive )) || { echo "soak: the server had died before the end (see $WORK/server.log)" >&2; return 1; }
 }
-trap 'stop_server || true' EXIT
+FRESH_PID="" # the fresh server the soaked one is compared with, at the end
+trap 'stop_server || true; [[ -n "$FRESH_PID" ]] && kill -TERM "$FRESH_PID" 2>/dev/null; true' EXIT
+
+# fanout_max PORT PID RUNS JSON: the maximum-rate load of the soak's
+# topology against the server on PORT, RUNS windows of 10 s; the report to
+# JSON, the table to stdout.
+fanout_max() {
+  "${LOAD_PIN[@]}" "$LOAD" fanout --url "ws://127.0.0.1:$1/socket/websocket" \
+    --publish "http://127.0.0.1:$1/api/broadcast" --conns "$CONNS" --topics "$TOPICS" \
+    --topic-prefix soak --rate max --batch 16 --duration 10s --runs "$3" \
+    --server-pid "$2" --quiet --json "$4"
+}
 
 {
   echo "soak: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')" \
@@ -116,9 +127,7 @@ trap 'stop_server || true' EXIT
 if [[ -z "$RATE" ]]; then
   echo "soak: measuring the maximum publish rate ($CONNS subscribers, $TOPICS topics, batch 16)" | tee -a "$OUT/soak.log"
   start_server
-  "${LOAD_PIN[@]}" "$LOAD" fanout --url "$WS" --publish "$API" --conns "$CONNS" --topics "$TOPICS" \
-    --topic-prefix soak --rate max --batch 16 --duration 10s --runs 3 \
-    --server-pid "$SERVER_PID" --quiet --json "$OUT/max.json" | tee "$OUT/max.log"
+  fanout_max "$PORT" "$SERVER_PID" 3 "$OUT/max.json" | tee "$OUT/max.log"
   stop_server
   MAX=$(jq '.median.publish_rate' "$OUT/max.json")
   RATE=$(jq -n "$MAX * 0.5 | floor")
@@ -144,13 +153,8 @@ set -e
 # compared. Not with a given RATE.
 COMPARE_ROUNDS="${SOAK_COMPARE_ROUNDS:-5}"
 FRESH_PORT=$((PORT + 1))
-FRESH_PID=""
-trap 'stop_server || true; [[ -n "$FRESH_PID" ]] && kill -TERM "$FRESH_PID" 2>/dev/null; true' EXIT
-measure_max() { # measure_max PORT PID NAME: one maximum-rate window into $OUT/NAME.json
-  "${LOAD_PIN[@]}" "$LOAD" fanout --url "ws://127.0.0.1:$1/socket/websocket" \
-    --publish "http://127.0.0.1:$1/api/broadcast" --conns "$CONNS" --topics "$TOPICS" \
-    --topic-prefix soak --rate max --batch 16 --duration 10s --runs 1 \
-    --server-pid "$2" --quiet --json "$OUT/compare/$3.json" > "$OUT/compare/$3.log"
+window() { # window PORT PID NAME: one maximum-rate window into $OUT/compare/NAME.{json,log}
+  fanout_max "$1" "$2" 1 "$OUT/compare/$3.json" > "$OUT/compare/$3.log"
 }
 if [[ -z "${2:-${SOAK_RATE:-}}" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
   echo "soak: the soaked server (pid $SERVER_PID) against a fresh one, alternately, $COMPARE_ROUNDS rounds" | tee -a "$OUT/soak.log"
@@ -161,24 +165,22 @@ if [[ -z "${2:-${SOAK_RATE:-}}" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
   sleep 5 # the soak's connections close; the fresh server starts
   COMPARED=1
   for round in $(seq "$COMPARE_ROUNDS"); do
-    measure_max "$PORT" "$SERVER_PID" "soaked-$round" && measure_max "$FRESH_PORT" "$FRESH_PID" "fresh-$round" \
+    window "$PORT" "$SERVER_PID" "soaked-$round" && window "$FRESH_PORT" "$FRESH_PID" "fresh-$round" \
       || { COMPARED=0; break; }
   done
   kill -TERM "$FRESH_PID" 2>/dev/null; wait "$FRESH_PID" 2>/dev/null || true; FRESH_PID=""
   if (( COMPARED )); then
-    jq -s -r '
-      def median: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    jq -n -r --slurpfile soaked <(cat "$OUT"/compare/soaked-*.json) \
+      --slurpfile fresh <(cat "$OUT"/compare/fresh-*.json) '
+      def median(f): map(.median | f) | sort | .[length / 2 | floor] as $hi
+        | if length % 2 == 1 then $hi else ($hi + .[length / 2 - 1]) / 2 end;
       def r(d): . * d | round / d;
-      (map(select(.soaked)) | map(.median)) as $s | (map(select(.soaked | not)) | map(.median)) as $f |
-      ($s | map(.publish_rate) | median) as $sr | ($f | map(.publish_rate) | median) as $fr |
-      ($s | map(.server_cpu_per_delivery_us) | median) as $sc | ($f | map(.server_cpu_per_delivery_us) | median) as $fc |
-      ($s | map(.p99_us) | median) as $sp | ($f | map(.p99_us) | median) as $fp |
-      "soak: soaked / fresh server, medians of \($s | length) alternating windows: " +
-      "\($sr | floor) / \($fr | floor) msg/s (ratio \($sr / $fr | r(1000))), " +
-      "server CPU per delivery \($sc | r(1000)) / \($fc | r(1000)) µs (ratio \($sc / $fc | r(1000))), " +
-      "p99 \($sp / 1000 | r(10)) / \($fp / 1000 | r(10)) ms"' \
-      < <(for f in "$OUT"/compare/soaked-*.json; do jq '. + {soaked: true}' "$f"; done
-          for f in "$OUT"/compare/fresh-*.json; do jq '. + {soaked: false}' "$f"; done) \
+      [$soaked, $fresh] | map([median(.publish_rate), median(.server_cpu_per_delivery_us), median(.p99_us)])
+      | .[0] as [$sr, $sc, $sp] | .[1] as [$fr, $fc, $fp]
+      | "soak: soaked / fresh server, medians of \($soaked | length) alternating windows: "
+        + "\($sr | floor) / \($fr | floor) msg/s (ratio \($sr / $fr | r(1000))), "
+        + "server CPU per delivery \($sc | r(1000)) / \($fc | r(1000)) µs (ratio \($sc / $fc | r(1000))), "
+        + "p99 \($sp / 1000 | r(10)) / \($fp / 1000 | r(10)) ms"' \
       | tee -a "$OUT/soak.log"
   else
     echo "soak: the comparison after the soak failed (see $OUT/compare/)" | tee -a "$OUT/soak.log"

@@ -197,10 +197,7 @@ fn one_legal_batch_bigger_than_the_send_buffer_does_not_close_fast_readers() {
     // machine takes longer than the usual wait.
     for reader in &mut readers {
         for i in 0..1000 {
-            let text = match reader.recv_within(Duration::from_secs(60)) {
-                tungstenite::Message::Text(text) => text.to_string(),
-                other => panic!("expected text, got {other:?}"),
-            };
+            let text = reader.recv_text_within(Duration::from_secs(60));
             assert!(
                 text.contains(&format!(r#"{{"i":{i},"#)),
                 "message {i} out of order"

@@ -202,7 +202,12 @@ impl Client {
 
     /// The next text message.
     pub fn recv_text(&mut self) -> String {
-        match self.recv() {
+        self.recv_text_within(WAIT)
+    }
+
+    /// The next text message, waiting up to `wait` (see [`Client::recv_within`]).
+    pub fn recv_text_within(&mut self, wait: Duration) -> String {
+        match self.recv_within(wait) {
             Message::Text(text) => text.to_string(),
             other => panic!("expected text, got {other:?}"),
         }
